@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs the Debian packages distgnn's tests and multi-host runs use, only
+# when a command they provide is missing. Needs root (CI runs as root).
+set -euo pipefail
+need=()
+command -v ip >/dev/null       || need+=(iproute2)
+command -v sshd >/dev/null || [ -x /usr/sbin/sshd ] || need+=(openssh-server openssh-client)
+command -v prometheus >/dev/null || need+=(prometheus)
+[ ${#need[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" != 0 ]; then
+  echo "install-system-deps: missing ${need[*]}; run as root or install them with apt-get" >&2
+  exit 2
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+# --no-install-recommends keeps prometheus from pulling in node-exporter & co;
+# policy-rc.d stops Debian from starting the services: tests run their own.
+printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null

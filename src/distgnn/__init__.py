@@ -1,0 +1,3 @@
+"""distgnn: distributed GNN training on DGL."""
+
+__version__ = "0.1.0"
