@@ -4,7 +4,9 @@
 set -euo pipefail
 need=()
 command -v ip >/dev/null       || need+=(iproute2)
-command -v sshd >/dev/null || [ -x /usr/sbin/sshd ] || need+=(openssh-server openssh-client)
+command -v sshd >/dev/null || [ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v ssh >/dev/null      || need+=(openssh-client)
+command -v nsenter >/dev/null  || need+=(util-linux)
 command -v prometheus >/dev/null || need+=(prometheus)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ]; then

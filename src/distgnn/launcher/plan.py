@@ -1,0 +1,259 @@
+"""The launch plan: which process runs on which host, with which argv, environment and log.
+
+Pure: no I/O. The runner executes a RunPlan; `--dry-run` prints it; the run folder keeps it.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from distgnn.errors import InputError
+from distgnn.ip_config import HostEntry, is_local
+from distgnn.launcher import rundir
+from distgnn.launcher.config import LaunchConfig
+from distgnn.ports import metrics_port
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProcessSpec:
+    """One process the launcher starts and supervises."""
+
+    host: str
+    """Host address, as in the ip_config."""
+    host_index: int
+    """Line index of the host in the ip_config = machine id = the part it serves."""
+    role: str
+    """'server' (a DGL graph server) or 'trainer' (one torchrun group of the host)."""
+    rank: int
+    """Server: DGL's global server id (host_index * S + k). Trainer: torchrun's node rank (= host_index)."""
+    argv: list[str]
+    env: dict[str, str]
+    """Added to the environment the process inherits."""
+    log_path: Path
+    local: bool
+    """True when the host is this machine (started directly, not through ssh)."""
+    ports: list[int]
+    """Ports the process will listen on; checked free on its host before anything starts."""
+
+    @property
+    def label(self) -> str:
+        """`host role rank`, the prefix of every streamed line and the name in reports."""
+        return f"{self.host} {self.role} {self.rank}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunPlan:
+    """Everything one launch will start, as plain data."""
+
+    job_id: str
+    run_dir: Path
+    """Run folder, the same path on every host (plan.json, logs, status.json, ip_config.txt)."""
+    hosts: list[HostEntry]
+    ip_config_path: Path
+    """The DGL-readable ip_config (addresses resolved) every process reads, inside run_dir."""
+    shards_source: Path
+    """The shard folder given on the command line."""
+    shards_path: Path
+    """Where processes read shards: shards_source, or run_dir/shards with stage_shards."""
+    stage_shards: bool
+    servers_per_host: int
+    trainers_per_host: int
+    gpus_per_host: int
+    samplers: int
+    num_clients: int
+    """DGL_NUM_CLIENT the servers wait for: trainers x (1 + samplers) x hosts."""
+    master_addr: str
+    master_port: int
+    processes: list[ProcessSpec]
+
+    def on_host(self, host_index: int) -> list[ProcessSpec]:
+        return [p for p in self.processes if p.host_index == host_index]
+
+    def host_ports(self, host_index: int) -> list[int]:
+        """Every port a process of this host will listen on (checked free before starting)."""
+        return sorted({port for p in self.on_host(host_index) for port in p.ports})
+
+    def host_is_local(self, host_index: int) -> bool:
+        return all(p.local for p in self.on_host(host_index))
+
+
+def plan_run(
+    cfg: LaunchConfig,
+    hosts: list[HostEntry],
+    *,
+    local: set[str],
+    run_dir: Path,
+    job_id: str,
+    num_parts: int | None = None,
+    gpu_counts: list[int] | None = None,
+    cpu_count: int = 1,
+) -> RunPlan:
+    """Plan one launch. `local` are this machine's addresses; `num_parts` the shard manifest's
+    part count (checked against the hosts); `gpu_counts` each host's GPUs, when queried."""
+    if not hosts:
+        raise InputError(f"--hosts {cfg.hosts_file}: no host listed")
+    if num_parts is not None and num_parts != len(hosts):
+        raise InputError(
+            f"--shards {cfg.shards}: the manifest has {num_parts} part(s) but --hosts {cfg.hosts_file} "
+            f"lists {len(hosts)} host(s); partition into one part per host"
+        )
+    if gpu_counts is not None:
+        check_gpus(cfg, hosts, gpu_counts)
+    shards_path = rundir.staged_shards(run_dir) if cfg.stage_shards else cfg.shards
+    plan = RunPlan(
+        job_id=job_id,
+        run_dir=run_dir,
+        hosts=list(hosts),
+        ip_config_path=rundir.ip_config_path(run_dir),
+        shards_source=cfg.shards,
+        shards_path=shards_path,
+        stage_shards=cfg.stage_shards,
+        servers_per_host=cfg.servers_per_host,
+        trainers_per_host=cfg.trainers,
+        gpus_per_host=cfg.gpus_per_host,
+        samplers=cfg.samplers,
+        num_clients=cfg.trainers * (1 + cfg.samplers) * len(hosts),
+        master_addr=hosts[0].address,
+        master_port=cfg.master_port,
+        processes=[],
+    )
+    env = _base_env(cfg, cpu_count)
+    for index, entry in enumerate(hosts):
+        is_here = is_local(entry, local)
+        for k in range(cfg.servers_per_host):
+            plan.processes.append(_server(cfg, plan, entry, index, k, is_here, env))
+        plan.processes.append(_trainer_group(cfg, plan, entry, index, is_here, env))
+    return plan
+
+
+def check_gpus(cfg: LaunchConfig, hosts: list[HostEntry], gpu_counts: list[int]) -> None:
+    """Reject --gpus-per-host N when a host has fewer than N GPUs."""
+    if cfg.gpus_per_host == 0:
+        return
+    for entry, count in zip(hosts, gpu_counts, strict=True):
+        if count < cfg.gpus_per_host:
+            raise InputError(
+                f"--gpus-per-host {cfg.gpus_per_host}: host {entry.address} ({cfg.hosts_file} line {entry.line}) "
+                f"has {count} GPU(s)"
+            )
+
+
+def _base_env(cfg: LaunchConfig, cpu_count: int) -> dict[str, str]:
+    per_host = cfg.servers_per_host + cfg.trainers
+    threads = cfg.omp_threads or max(1, cpu_count // per_host)
+    env = {
+        "PYTHONUNBUFFERED": "1",
+        "OMP_NUM_THREADS": str(threads),
+        # DGL's default (1024 tries, 3 s apart) keeps a trainer waiting ~51 min for a dead server.
+        "DGL_DIST_MAX_TRY_TIMES": str(cfg.dgl_max_try_times),
+    }
+    return env
+
+
+def _server(
+    cfg: LaunchConfig, plan: RunPlan, entry: HostEntry, index: int, k: int, is_here: bool, env: dict[str, str]
+) -> ProcessSpec:
+    rank = index * cfg.servers_per_host + k
+    argv = [
+        cfg.python, "-m", cfg.server_module,
+        "--shards", str(plan.shards_path),
+        "--part", str(index),
+        "--ip-config", str(plan.ip_config_path),
+        "--servers-per-host", str(cfg.servers_per_host),
+        "--server-index", str(k),
+        "--num-clients", str(plan.num_clients),
+        "--cache-dir", str(cfg.workspace / "cache"),
+        "--metrics-port", str(cfg.metrics_port),
+        "--metrics-addr", entry.address,
+        "--job-id", plan.job_id,
+    ]  # fmt: skip
+    ports = [entry.port + k]
+    if cfg.fixed_metrics_base:  # with 'auto' only the process knows its port
+        ports.append(metrics_port(cfg.fixed_metrics_base, "server", k, cfg.servers_per_host))
+    return ProcessSpec(
+        host=entry.address,
+        host_index=index,
+        role="server",
+        rank=rank,
+        argv=argv,
+        env={**env, **cfg.env},
+        log_path=rundir.log_path(plan.run_dir, entry.address, "server", rank),
+        local=is_here,
+        ports=ports,
+    )
+
+
+def _trainer_group(
+    cfg: LaunchConfig, plan: RunPlan, entry: HostEntry, index: int, is_here: bool, env: dict[str, str]
+) -> ProcessSpec:
+    argv = [
+        cfg.python, "-m", "torch.distributed.run",
+        "--nnodes", str(len(plan.hosts)),
+        "--node-rank", str(index),
+        "--nproc-per-node", str(cfg.trainers),
+        "--master-addr", plan.master_addr,
+        "--master-port", str(cfg.master_port),
+        # torchrun checks its workers every 5 s by default: a failure or the end would wait for it.
+        "--monitor-interval", "1",
+        "-m", cfg.trainer_module,
+        "--shards", str(plan.shards_path),
+        "--ip-config", str(plan.ip_config_path),
+        "--servers-per-host", str(cfg.servers_per_host),
+        "--samplers", str(cfg.samplers),
+        "--metrics-port", str(cfg.metrics_port),
+        "--metrics-addr", entry.address,
+        "--job-id", plan.job_id,
+        "--run-dir", str(plan.run_dir),
+        *cfg.train_args,
+    ]  # fmt: skip
+    group_env = dict(env)
+    if cfg.gpus_per_host:
+        # One device per local rank: the trainer picks cuda:LOCAL_RANK among these.
+        group_env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in range(cfg.gpus_per_host))
+    ports = [cfg.master_port] if index == 0 else []
+    if cfg.fixed_metrics_base:
+        base = cfg.fixed_metrics_base
+        ports += [metrics_port(base, "trainer", r, cfg.servers_per_host) for r in range(cfg.trainers)]
+    return ProcessSpec(
+        host=entry.address,
+        host_index=index,
+        role="trainer",
+        rank=index,
+        argv=argv,
+        env={**group_env, **cfg.env},
+        log_path=rundir.log_path(plan.run_dir, entry.address, "trainer", index),
+        local=is_here,
+        ports=ports,
+    )
+
+
+def plan_to_json(plan: RunPlan) -> dict:
+    """The plan as JSON-ready data (what plan.json and --dry-run=json hold)."""
+    data = asdict(plan)
+    for key in ("run_dir", "ip_config_path", "shards_source", "shards_path"):
+        data[key] = str(data[key])
+    for proc in data["processes"]:
+        proc["log_path"] = str(proc["log_path"])
+    return data
+
+
+def format_plan(plan: RunPlan) -> str:
+    """The plan for people: one block per host, one command line per process."""
+    lines = [
+        f"job {plan.job_id}, run folder {plan.run_dir}",
+        f"{len(plan.hosts)} host(s); per host {plan.servers_per_host} server(s) and "
+        f"{plan.trainers_per_host} trainer(s)" + (" (one per GPU)" if plan.gpus_per_host else " (CPU)")
+        + f"; {plan.samplers} sampler(s) per trainer; {plan.num_clients} DGL client(s)",
+        f"rendezvous {plan.master_addr}:{plan.master_port}; shards "
+        + (f"{plan.shards_source} staged to {plan.shards_path}" if plan.stage_shards else str(plan.shards_path)),
+    ]
+    for index, entry in enumerate(plan.hosts):
+        how = "local" if plan.host_is_local(index) else "ssh"
+        lines.append(f"host {index} {entry.address} ({how}), ports {', '.join(map(str, plan.host_ports(index)))}")
+        for proc in plan.on_host(index):
+            lines.append(f"  {proc.role} {proc.rank}  log {proc.log_path}")
+            lines.append(f"    env  {' '.join(f'{k}={shlex.quote(v)}' for k, v in sorted(proc.env.items()))}")
+            lines.append(f"    argv {shlex.join(proc.argv)}")
+    return "\n".join(lines)

@@ -1,0 +1,248 @@
+"""One launch, start to end: plan, check every host, stage, start, supervise, record."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from distgnn.errors import InputError
+from distgnn.ip_config import (
+    HostEntry,
+    check_server_ports,
+    format_ip_config,
+    is_local,
+    local_addresses,
+    parse_ip_config,
+    resolve_entries,
+)
+from distgnn.launcher import rundir
+from distgnn.launcher.config import LaunchConfig
+from distgnn.launcher.plan import RunPlan, check_gpus, format_plan, plan_run, plan_to_json
+from distgnn.launcher.runner import LocalRunner, Runner, SshRunner
+from distgnn.launcher.supervise import RunResult, Supervisor, format_report
+from distgnn.partition import shards
+
+PROBE_TIMEOUT_S = 90.0
+"""A probe may import torch (GPU count) on a busy host."""
+STAGE_TIMEOUT_S = 3600.0
+
+
+def load_hosts(cfg: LaunchConfig, local: set[str]) -> list[HostEntry]:
+    """The ip_config's hosts with names resolved; one line per machine."""
+    source = str(cfg.hosts_file)
+    entries = resolve_entries(parse_ip_config(cfg.hosts_file), source)
+    check_server_ports(entries, cfg.servers_per_host, source)
+    seen: dict[str, HostEntry] = {}
+    for entry in entries:
+        # DGL keeps a machine's part in /dev/shm under names without the part id, and finds its
+        # machine id by address: two lines for one machine would silently mix parts.
+        key = "this machine" if is_local(entry, local) else entry.address
+        if key in seen:
+            raise InputError(
+                f"{source}:{entry.line}: host {entry.address} is the same machine as line {seen[key].line} "
+                f"({seen[key].address}); DGL 2.1 serves one part per machine"
+            )
+        seen[key] = entry
+    return entries
+
+
+def make_plan(cfg: LaunchConfig) -> RunPlan:
+    """Read the ip_config and the shard manifest, and plan (nothing is contacted)."""
+    local = local_addresses()
+    hosts = load_hosts(cfg, local)
+    manifest = shards.read_manifest(cfg.shards)
+    job_id = cfg.job_id or rundir.new_job_id()
+    return plan_run(
+        cfg,
+        hosts,
+        local=local,
+        run_dir=rundir.run_dir(cfg.workspace, job_id),
+        job_id=job_id,
+        num_parts=manifest.num_parts,
+        cpu_count=os.cpu_count() or 1,
+    )
+
+
+def runner_for(cfg: LaunchConfig, plan: RunPlan, index: int) -> Runner:
+    entry = plan.hosts[index]
+    if plan.host_is_local(index):
+        return LocalRunner(host=entry.address)
+    return SshRunner(
+        host=entry.address,
+        python=cfg.python,
+        user=cfg.ssh_user,
+        port=cfg.ssh_port,
+        options=list(cfg.ssh_options),
+        connect_timeout_s=cfg.connect_timeout_s,
+        # Shorter than our own grace, so the remote side has used SIGKILL before we drop ssh.
+        remote_grace_s=max(1.0, cfg.stop_grace_s - 3.0),
+    )
+
+
+@dataclass(frozen=True)
+class HostReport:
+    busy: list[int]
+    gpus: int | None
+
+
+def probe_host(cfg: LaunchConfig, plan: RunPlan, runner: Runner, index: int) -> HostReport:
+    """Reach the host the way processes will be started; check its ports (and GPUs)."""
+    entry = plan.hosts[index]
+    where = f"host {entry.address} ({cfg.hosts_file} line {entry.line})"
+    argv = [cfg.python, "-m", "distgnn.launcher.probe", "--address", entry.address]
+    for port in plan.host_ports(index):
+        argv += ["--port", str(port)]
+    if cfg.gpus_per_host:
+        argv.append("--gpus")
+    try:
+        done = runner.capture(argv, timeout=PROBE_TIMEOUT_S + cfg.connect_timeout_s)
+    except subprocess.TimeoutExpired:
+        raise InputError(f"{where}: no answer within {PROBE_TIMEOUT_S + cfg.connect_timeout_s:.0f} s") from None
+    except OSError as exc:
+        raise InputError(f"{where}: cannot run {argv[0]}: {exc.strerror}") from None
+    if done.returncode == 255 and isinstance(runner, SshRunner):
+        raise InputError(f"{where}: {_ssh_problem(done.stderr)}")
+    if done.returncode != 0:
+        raise InputError(f"{where}: host check failed (exit {done.returncode}): {_last(done.stderr)}")
+    try:
+        report = json.loads(done.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise InputError(f"{where}: host check printed no result: {_last(done.stdout + done.stderr)}") from None
+    if report["error"]:
+        raise InputError(f"{where}: {report['error']}")
+    return HostReport(busy=list(report["busy"]), gpus=report["gpus"])
+
+
+def _ssh_problem(stderr: str) -> str:
+    if "Host key verification failed" in stderr:
+        return (
+            "unknown or changed SSH host key (ssh: Host key verification failed); add the host's key to "
+            "known_hosts (ssh-keyscan, after checking it) or pass --ssh-option=-oUserKnownHostsFile=FILE"
+        )
+    if "Permission denied" in stderr:
+        return f"ssh login refused (batch mode, no password prompts): {_last(stderr)}"
+    return f"unreachable over ssh: {_last(stderr)}"
+
+
+def _last(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "(no output)"
+
+
+def preflight(cfg: LaunchConfig, plan: RunPlan, runners: list[Runner]) -> list[int] | None:
+    """Check every host in parallel before anything starts; GPU counts when GPUs are asked for."""
+    with ThreadPoolExecutor(max_workers=min(16, len(runners))) as pool:
+        futures = [pool.submit(probe_host, cfg, plan, runners[i], i) for i in range(len(runners))]
+        reports = [f.result() for f in futures]  # the first failing host, in ip_config order, is reported
+    for index, report in enumerate(reports):
+        if report.busy:
+            port = report.busy[0]
+            use = next(p.role for p in plan.on_host(index) if port in p.ports)
+            if index == 0 and port == plan.master_port:
+                use = "trainer rendezvous, --master-port"
+            raise InputError(
+                f"host {plan.hosts[index].address} ({cfg.hosts_file} line {plan.hosts[index].line}): "
+                f"port {port} ({use}) is already in use"
+            )
+    return [r.gpus or 0 for r in reports] if cfg.gpus_per_host else None
+
+
+def stage_files(plan: RunPlan, index: int) -> list[tuple[Path, str]]:
+    """What host `index` receives in its run folder: (local source, name there).
+
+    The ip_config goes to every remote host; with staged shards, a host gets the manifest
+    and its own part folder only."""
+    files: list[tuple[Path, str]] = []
+    if not plan.host_is_local(index):
+        files.append((plan.ip_config_path, plan.ip_config_path.name))
+    if plan.stage_shards:
+        root, staged = plan.shards_source, plan.shards_path.relative_to(plan.run_dir)
+        part = shards.part_dir(root, index)
+        files.append((root / shards.MANIFEST, str(staged / shards.MANIFEST)))
+        files.append((part, str(staged / part.relative_to(root))))
+    return files
+
+
+def stage(cfg: LaunchConfig, plan: RunPlan, runners: list[Runner]) -> None:
+    """Give every host the run's ip_config and, with --stage-shards, its own part only."""
+
+    def one(index: int) -> None:
+        files = stage_files(plan, index)
+        if files:
+            try:
+                runners[index].put_files(files, plan.run_dir, timeout=STAGE_TIMEOUT_S)
+            except OSError as exc:
+                raise InputError(f"host {plan.hosts[index].address}: staging failed: {exc}") from None
+
+    with ThreadPoolExecutor(max_workers=min(16, len(runners))) as pool:
+        for future in [pool.submit(one, i) for i in range(len(runners))]:
+            future.result()
+
+
+def execute(cfg: LaunchConfig, plan: RunPlan, runners: list[Runner], out: TextIO) -> RunResult:
+    """Start servers, then trainer groups, and supervise them; SIGINT/SIGTERM stop the run."""
+    sup = Supervisor(out, stop_grace_s=cfg.stop_grace_s, server_linger_s=cfg.server_linger_s)
+
+    def on_signal(signum: int, _frame: object) -> None:
+        sup.request_stop(f"{signal.Signals(signum).name} received", signum)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        ordered = sorted(plan.processes, key=lambda p: p.role != "server")
+        for spec in ordered:
+            if sup.stop_signal is not None:
+                break
+            try:
+                sup.add(runners[spec.host_index].start(spec))
+            except OSError as exc:
+                # The ones already started must still be stopped: let the supervisor do it.
+                sup.request_stop(f"cannot start {spec.label}: {exc}")
+                break
+        return sup.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def launch(cfg: LaunchConfig, *, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """Run one launch; return the exit status (0 ok, 1 failed, 128+N stopped by signal N)."""
+    out, err = out or sys.stdout, err or sys.stderr
+    plan = make_plan(cfg)
+    if cfg.dry_run == "json":
+        out.write(json.dumps(plan_to_json(plan), indent=2) + "\n")
+        return 0
+    if cfg.dry_run == "text":
+        out.write(format_plan(plan) + "\n")
+        return 0
+    if plan.run_dir.exists():
+        raise InputError(f"--job-id {plan.job_id}: run folder {plan.run_dir} already exists")
+    runners = [runner_for(cfg, plan, i) for i in range(len(plan.hosts))]
+    gpu_counts = preflight(cfg, plan, runners)
+    if gpu_counts is not None:
+        check_gpus(cfg, plan.hosts, gpu_counts)
+    rundir.write_plan(plan.run_dir, plan_to_json(plan))
+    rundir.write_text(plan.ip_config_path, format_ip_config(plan.hosts))
+    try:
+        stage(cfg, plan, runners)
+    except InputError as exc:
+        rundir.write_status(plan.run_dir, {"job_id": plan.job_id, "status": "failed", "stop_reason": str(exc)})
+        raise
+    out.write(f"launch: job {plan.job_id}, {len(plan.processes)} process(es) on {len(plan.hosts)} host(s); "
+              f"run folder {plan.run_dir}\n")
+    out.flush()
+    result = execute(cfg, plan, runners, out)
+    rundir.write_status(plan.run_dir, {"job_id": plan.job_id, "run_dir": str(plan.run_dir), **result.to_json()})
+    if result.status == "succeeded":
+        out.write(f"launch: job {plan.job_id} succeeded; run folder {plan.run_dir}\n")
+        return 0
+    err.write(f"launch: job {plan.job_id} {result.status}\n{format_report(result, str(plan.run_dir))}\n")
+    if result.status == "interrupted" and result.stop_signal is not None:
+        return 128 + result.stop_signal
+    return 1

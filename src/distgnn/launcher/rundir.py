@@ -1,0 +1,70 @@
+"""The run folder, `<workspace>/runs/<job-id>/`: this module is the only owner of its layout.
+
+    plan.json       the RunPlan (plan_to_json)
+    ip_config.txt   the DGL-readable host list every process reads
+    logs/<host>-<role>-<rank>.log
+    shards/         this host's part, when shards are staged
+    status.json     the final RunResult, written when the run ends
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from pathlib import Path
+
+STATUS_FORMAT = 1
+
+
+def new_job_id() -> str:
+    """A sortable, collision-safe run name: UTC time plus a random suffix."""
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
+
+
+def run_dir(workspace: Path, job_id: str) -> Path:
+    return workspace / "runs" / job_id
+
+
+def log_path(run: Path, host: str, role: str, rank: int) -> Path:
+    return run / "logs" / f"{host}-{role}-{rank}.log"
+
+
+def ip_config_path(run: Path) -> Path:
+    return run / "ip_config.txt"
+
+
+def staged_shards(run: Path) -> Path:
+    return run / "shards"
+
+
+def write_json(path: Path, data: object) -> None:
+    """Write JSON atomically: readers see the old file or the whole new one, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_plan(run: Path, plan_json: dict) -> None:
+    write_json(run / "plan.json", plan_json)
+
+
+def read_plan(run: Path) -> dict:
+    return json.loads((run / "plan.json").read_text(encoding="utf-8"))
+
+
+def write_status(run: Path, status_json: dict) -> None:
+    write_json(run / "status.json", {"format": STATUS_FORMAT, **status_json})
+
+
+def read_status(run: Path) -> dict:
+    return json.loads((run / "status.json").read_text(encoding="utf-8"))

@@ -1,0 +1,204 @@
+"""Start processes of a plan on their hosts: directly on this machine, through OpenSSH elsewhere.
+
+Every started process lives in its own process group (session), so stopping it stops
+its children too (torchrun's workers, DGL's sampler processes). Remote processes run
+under `distgnn.launcher.remote_exec`, which stops the remote group when the ssh
+connection's stdin closes: that is how a remote process is stopped, and why nothing is
+left behind when the launcher itself dies.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import tarfile
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Protocol
+
+from distgnn.launcher.plan import ProcessSpec
+
+
+class Running(Protocol):
+    """A started process: its merged stdout/stderr pipe and how to stop it."""
+
+    spec: ProcessSpec
+    popen: subprocess.Popen
+
+    def terminate(self) -> None: ...
+    def kill(self) -> None: ...
+    def sweep(self) -> None: ...
+
+
+class Runner(Protocol):
+    host: str
+
+    def start(self, spec: ProcessSpec) -> Running: ...
+    def capture(self, argv: list[str], *, timeout: float) -> subprocess.CompletedProcess: ...
+    def put_files(self, files: list[tuple[Path, str]], dest: Path, *, timeout: float) -> None: ...
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+@dataclass
+class LocalProcess:
+    spec: ProcessSpec
+    popen: subprocess.Popen
+
+    def terminate(self) -> None:
+        _killpg(self.popen.pid, signal.SIGTERM)
+
+    def kill(self) -> None:
+        _killpg(self.popen.pid, signal.SIGKILL)
+
+    def sweep(self) -> None:
+        # The leader may be gone while re-parented members of its group live on.
+        _killpg(self.popen.pid, signal.SIGKILL)
+
+
+@dataclass
+class LocalRunner:
+    """Runs on this machine: subprocess in a new session, killed by process group."""
+
+    host: str = "localhost"
+
+    def start(self, spec: ProcessSpec) -> LocalProcess:
+        popen = subprocess.Popen(
+            spec.argv,
+            env={**os.environ, **spec.env},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        return LocalProcess(spec, popen)
+
+    def capture(self, argv: list[str], *, timeout: float) -> subprocess.CompletedProcess:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+    def put_files(self, files: list[tuple[Path, str]], dest: Path, *, timeout: float) -> None:
+        for source, name in files:
+            target = dest / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if source.is_dir():
+                shutil.copytree(source, target, dirs_exist_ok=True)
+            elif source.resolve() != target.resolve():
+                shutil.copy2(source, target)
+
+
+@dataclass
+class RemoteProcess:
+    spec: ProcessSpec
+    popen: subprocess.Popen
+
+    def terminate(self) -> None:
+        # EOF on remote_exec's stdin: it stops the remote group (TERM, then KILL) and exits.
+        try:
+            if self.popen.stdin and not self.popen.stdin.closed:
+                self.popen.stdin.close()
+        except OSError:
+            pass
+
+    def kill(self) -> None:
+        # Dropping the connection also closes remote_exec's stdin; the ssh client is ours to kill.
+        self.terminate()
+        _killpg(self.popen.pid, signal.SIGKILL)
+
+    def sweep(self) -> None:
+        self.kill()
+
+
+@dataclass
+class SshRunner:
+    """Runs on a remote host with the system's OpenSSH client (batch mode, host keys checked)."""
+
+    host: str
+    python: str
+    user: str | None = None
+    port: int | None = None
+    options: list[str] = field(default_factory=list)
+    connect_timeout_s: int = 10
+    remote_grace_s: float = 5.0
+
+    def ssh_argv(self, remote_argv: list[str]) -> list[str]:
+        """ssh ... HOST -- 'quoted remote command'. BatchMode comes first: ssh keeps the first
+        value of an option, so it cannot be turned off; the user's options come before our
+        other defaults so they can override those."""
+        argv = ["ssh", "-o", "BatchMode=yes", *self.options]
+        argv += ["-o", f"ConnectTimeout={self.connect_timeout_s}"]
+        # A host that dies silently is noticed within ~15 s instead of TCP's many minutes.
+        argv += ["-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3"]
+        if self.port is not None:
+            argv += ["-p", str(self.port)]
+        if self.user is not None:
+            argv += ["-l", self.user]
+        return [*argv, self.host, "--", shlex.join(remote_argv)]
+
+    def wrapped(self, spec: ProcessSpec) -> list[str]:
+        argv = [self.python, "-m", "distgnn.launcher.remote_exec", "--grace", str(self.remote_grace_s)]
+        for name, value in spec.env.items():
+            argv += ["--env", f"{name}={value}"]
+        return [*argv, "--", *spec.argv]
+
+    def start(self, spec: ProcessSpec) -> RemoteProcess:
+        popen = subprocess.Popen(
+            self.ssh_argv(self.wrapped(spec)),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        return RemoteProcess(spec, popen)
+
+    def capture(self, argv: list[str], *, timeout: float) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            self.ssh_argv(argv), capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+        )
+
+    def put_files(self, files: list[tuple[Path, str]], dest: Path, *, timeout: float) -> None:
+        """Stream the files as a tar archive into `dest` on the host (created if missing)."""
+        made = self.capture(["mkdir", "-p", str(dest)], timeout=timeout)
+        if made.returncode != 0:
+            raise OSError(f"host {self.host}: cannot create {dest}: {_last_line(made.stderr)}")
+        with tempfile.TemporaryFile() as err:
+            proc = subprocess.Popen(
+                self.ssh_argv(["tar", "-x", "-f", "-", "-C", str(dest)]),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+            )
+            try:
+                _write_tar(proc.stdin, files)
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass  # ssh or tar gave up; its stderr below says why
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                raise OSError(f"host {self.host}: copying to {dest} took over {timeout:.0f} s") from None
+            if proc.returncode != 0:
+                err.seek(0)
+                why = _last_line(err.read().decode(errors="replace"))
+                raise OSError(f"host {self.host}: copying to {dest} failed: {why}")
+
+
+def _write_tar(stream: IO[bytes], files: list[tuple[Path, str]]) -> None:
+    with tarfile.open(fileobj=stream, mode="w|") as tar:
+        for source, name in files:
+            tar.add(str(source), arcname=name)
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "(no output)"

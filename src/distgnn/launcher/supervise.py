@@ -1,0 +1,246 @@
+"""Watch a run's processes: stream their output, stop everything on the first failure.
+
+Every output line goes to our stdout with a `[host role rank]` prefix and, unprefixed, to
+the process's log file. Success is every trainer group exiting 0; graph servers then get
+a short time to exit on their own (DGL servers leave when their clients disconnect)
+before they are stopped. The first non-zero exit, or a stop request (Ctrl-C, SIGTERM),
+stops every process on every host: SIGTERM to the process groups, SIGKILL after a grace
+period.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import threading
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import TextIO
+
+from distgnn.launcher.runner import Running
+
+TAIL_LINES = 20
+_TORCHRUN_RANK = re.compile(r"^\s*rank\s*:\s*(\d+)")
+_TORCHRUN_EXIT = re.compile(r"^\s*exitcode\s*:\s*(-?\d+)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProcessFailure:
+    """One process that ended badly on its own (not stopped by the launcher)."""
+
+    host: str
+    host_index: int
+    role: str
+    rank: int
+    exit_code: int | None
+    """Exit status; None when a signal ended it."""
+    signal: str | None
+    """Name of the signal that ended it (local processes), else None."""
+    time: float
+    """When the launcher saw it end (Unix time)."""
+    log_path: str
+    log_tail: list[str]
+    """Last lines of its output."""
+    worker: str | None = None
+    """For a trainer group: torchrun's own root cause (global rank and its exit code), when it printed one."""
+
+    def describe(self) -> str:
+        how = f"killed by {self.signal}" if self.signal else f"exit code {self.exit_code}"
+        if self.exit_code == 255 and self.signal is None:
+            how += " (255: ssh lost the connection, or the command's own status)"
+        clock = time.strftime("%H:%M:%S", time.localtime(self.time))
+        worker = f" ({self.worker})" if self.worker else ""
+        return f"host {self.host} {self.role} rank {self.rank}: {how}{worker} at {clock}"
+
+
+@dataclass(kw_only=True)
+class RunResult:
+    """How a run ended. failures[0], the earliest, is the root cause."""
+
+    status: str
+    """'succeeded', 'failed' or 'interrupted'."""
+    failures: list[ProcessFailure] = field(default_factory=list)
+    exit_codes: dict[str, int | None] = field(default_factory=dict)
+    """Every process's exit status by `host role rank` (negative: local signal; None: did not end)."""
+    stop_reason: str | None = None
+    stop_signal: int | None = None
+    """The signal (SIGINT, SIGTERM) that stopped an interrupted run."""
+    started: float = 0.0
+    ended: float = 0.0
+
+    @property
+    def root_cause(self) -> ProcessFailure | None:
+        return self.failures[0] if self.failures else None
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class _Watched:
+    proc: Running
+    tail: deque
+    reader: threading.Thread
+    exit_code: int | None = None
+    ended_at: float | None = None
+
+
+class Supervisor:
+    """Owns the started processes of one run until they have all ended."""
+
+    def __init__(self, out: TextIO, *, stop_grace_s: float, server_linger_s: float, poll_s: float = 0.1) -> None:
+        self._out = out
+        self._lock = threading.Lock()
+        self._watched: list[_Watched] = []
+        self._stop = threading.Event()
+        self._stop_reason: str | None = None
+        self.stop_signal: int | None = None
+        self.stop_grace_s = stop_grace_s
+        self.server_linger_s = server_linger_s
+        self.poll_s = poll_s
+        self.started = time.time()
+
+    def add(self, proc: Running) -> None:
+        """Start streaming a freshly started process's output."""
+        spec = proc.spec
+        spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+        tail: deque = deque(maxlen=TAIL_LINES)
+        reader = threading.Thread(target=self._pump, args=(proc, tail), daemon=True, name=f"log {spec.label}")
+        self._watched.append(_Watched(proc, tail, reader))
+        reader.start()
+
+    def request_stop(self, reason: str, signum: int | None = None) -> None:
+        """Ask the run to stop (safe from a signal handler)."""
+        if not self._stop.is_set():
+            self._stop_reason, self.stop_signal = reason, signum
+        self._stop.set()
+
+    def _pump(self, proc: Running, tail: deque) -> None:
+        prefix = f"[{proc.spec.label}] "
+        with open(proc.spec.log_path, "a", encoding="utf-8") as log:
+            for raw in iter(proc.popen.stdout.readline, b""):
+                line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+                tail.append(line)
+                log.write(line + "\n")
+                log.flush()
+                with self._lock:
+                    try:
+                        self._out.write(prefix + line + "\n")
+                        self._out.flush()
+                    except (OSError, ValueError):
+                        pass  # our stdout went away (`launch | head`); keep draining into the log
+
+    def _poll(self) -> list[_Watched]:
+        """Record newly ended processes; return them."""
+        ended = []
+        for w in self._watched:
+            if w.ended_at is None and w.proc.popen.poll() is not None:
+                w.exit_code, w.ended_at = w.proc.popen.returncode, time.time()
+                ended.append(w)
+        return ended
+
+    def run(self) -> RunResult:
+        """Supervise until the run ends; every process is stopped and reaped on return."""
+        failed: list[_Watched] = []
+        status = self._watch_until_end(failed)
+        self._teardown()
+        for w in self._watched:
+            w.reader.join(timeout=2.0)
+        return RunResult(
+            status=status,
+            failures=[self._failure(w) for w in sorted(failed, key=lambda w: w.ended_at)],
+            exit_codes={w.proc.spec.label: w.exit_code for w in self._watched},
+            stop_reason=self._stop_reason,
+            stop_signal=self.stop_signal if status == "interrupted" else None,
+            started=self.started,
+            ended=time.time(),
+        )
+
+    def _watch_until_end(self, failed: list[_Watched]) -> str:
+        trainers = [w for w in self._watched if w.proc.spec.role == "trainer"]
+        linger_until: float | None = None
+        while True:
+            failed += [w for w in self._poll() if w.exit_code != 0 and not self._stop.is_set()]
+            if failed:
+                self._stop_reason = self._stop_reason or f"{failed[0].proc.spec.label} failed"
+                return "failed"
+            if self._stop.is_set():
+                return "interrupted"
+            if linger_until is None and all(w.ended_at is not None for w in trainers):
+                linger_until = time.monotonic() + self.server_linger_s
+            if linger_until is not None and (
+                time.monotonic() >= linger_until or all(w.ended_at is not None for w in self._watched)
+            ):
+                return "succeeded"
+            self._stop.wait(self.poll_s)
+
+    def _teardown(self) -> None:
+        """SIGTERM every live process group, SIGKILL what is left after the grace period."""
+        live = [w for w in self._watched if w.proc.popen.poll() is None]
+        for w in live:
+            w.proc.terminate()
+        deadline = time.monotonic() + self.stop_grace_s
+        while time.monotonic() < deadline and any(w.proc.popen.poll() is None for w in live):
+            time.sleep(0.05)
+        for w in live:
+            if w.proc.popen.poll() is None:
+                w.proc.kill()
+        for w in self._watched:
+            try:
+                w.proc.popen.wait(timeout=5.0)
+            except subprocess.TimeoutExpired:
+                pass  # unkillable (e.g. stuck in the kernel): reported as not ended
+            w.proc.sweep()
+            if w.ended_at is None and w.proc.popen.returncode is not None:
+                w.exit_code, w.ended_at = w.proc.popen.returncode, time.time()
+
+    def _failure(self, w: _Watched) -> ProcessFailure:
+        spec = w.proc.spec
+        code = w.exit_code
+        sig = None
+        if code is not None and code < 0:
+            sig = signal.Signals(-code).name
+            code = None
+        return ProcessFailure(
+            host=spec.host,
+            host_index=spec.host_index,
+            role=spec.role,
+            rank=spec.rank,
+            exit_code=code,
+            signal=sig,
+            time=w.ended_at or time.time(),
+            log_path=str(spec.log_path),
+            log_tail=list(w.tail),
+            worker=torchrun_root_cause(list(w.tail)) if spec.role == "trainer" else None,
+        )
+
+
+def torchrun_root_cause(lines: list[str]) -> str | None:
+    """torchrun's 'Root Cause' block names the first failed worker: pick its rank and exit code."""
+    rank = code = None
+    for line in lines:
+        if rank is None and (m := _TORCHRUN_RANK.match(line)):
+            rank = int(m.group(1))
+        elif rank is not None and (m := _TORCHRUN_EXIT.match(line)):
+            code = int(m.group(1))
+            break
+    if rank is None or code is None:
+        return None
+    if code < 0 and -code in signal.valid_signals():
+        return f"trainer global rank {rank} killed by {signal.Signals(-code).name}"
+    return f"trainer global rank {rank} exit code {code}"
+
+
+def format_report(result: RunResult, run_dir: str) -> str:
+    """The root-cause report printed when a run fails."""
+    cause = result.root_cause
+    if cause is None:
+        return f"run {result.status} ({result.stop_reason}); run folder {run_dir}"
+    lines = [f"root cause: {cause.describe()}", f"last {len(cause.log_tail)} line(s) of {cause.log_path}:"]
+    lines += [f"  | {line}" for line in cause.log_tail]
+    for other in result.failures[1:]:
+        lines.append(f"also failed: {other.describe()}")
+    lines.append(f"run folder: {run_dir}")
+    return "\n".join(lines)

@@ -1,0 +1,83 @@
+"""`partition --graph SRC --num-parts N --out DIR`: graph -> Parquet shards + manifest."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from distgnn.errors import InputError
+
+PROG = "partition"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Partition a graph into Parquet shards (one per machine) with METIS.",
+    )
+    parser.add_argument("--graph", required=True, help="graph source: a Parquet graph folder, an edge list, a .dgl file or synthetic:...")
+    parser.add_argument("--num-parts", type=int, required=True, help="number of parts (one per machine)")
+    parser.add_argument("--out", type=Path, required=True, help="partition folder to create")
+    parser.add_argument("--method", default="metis", help="metis (default) or random")
+    parser.add_argument("--seed", type=int, default=0, help="seed for METIS or the random assignment (default 0)")
+    parser.add_argument("--metis-niter", type=int, default=1, help="METIS refinement iterations per level (default 1, as DGL)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out once the new one is complete")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines, no printed report")
+    parser.add_argument("--dry-run", action="store_true", help="print the estimated peak memory and disk space, then exit")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace, command: str):
+    from distgnn.partition.run import PartitionConfig
+
+    return PartitionConfig(
+        graph=args.graph, num_parts=args.num_parts, out=args.out, method=args.method,
+        seed=args.seed, metis_niter=args.metis_niter, overwrite=args.overwrite,
+        quiet=args.quiet, dry_run=args.dry_run, command=command,
+    )
+
+
+def dry_run(config) -> None:
+    from distgnn.graph import probe_graph
+    from distgnn.partition.estimate import estimate
+    from distgnn.partition.report import describe_bytes
+
+    from distgnn.partition.run import check_num_parts
+
+    probe = probe_graph(config.graph)
+    check_num_parts(config, probe.num_nodes)
+    est = estimate(
+        num_nodes=probe.num_nodes, num_edges=probe.num_edges, feat_dim=probe.feat_dim,
+        num_parts=config.num_parts, method=config.method,
+    )
+    approx = "" if probe.exact else " (sizes estimated from the input file)"
+    print(f"input: {probe.num_nodes} nodes, {probe.num_edges} edges, feat_dim {probe.feat_dim}{approx}")
+    print(f"estimated peak memory: {describe_bytes(est.peak_memory_bytes)}")
+    print(f"estimated disk space: {describe_bytes(est.disk_bytes)} in {config.out}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    import shlex
+
+    args = build_parser().parse_args(argv)
+    command = shlex.join([PROG, *(sys.argv[1:] if argv is None else argv)])
+    try:
+        config = config_from_args(args, command)
+        if config.dry_run:
+            from distgnn.partition.run import check_output
+
+            check_output(config)
+            dry_run(config)
+            return 0
+        from distgnn.partition.run import run
+
+        run(config)
+    except InputError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,211 @@
+"""Pure NumPy planning: the METIS input graph, node assignment, renumbering, edge order.
+
+Nothing here touches files; every function is a vectorised transform of arrays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from distgnn.graph.data import GraphData
+
+
+def symmetric_csr(src: np.ndarray, dst: np.ndarray, num_nodes: int) -> tuple[np.ndarray, np.ndarray]:
+    """CSR of the undirected, de-duplicated, self-loop-free version of a directed graph.
+
+    Both directions of every edge become one int64 key row*N+col; one in-place sort
+    then groups rows and puts duplicates side by side, so de-duplication is a single
+    comparison with the neighbour and row starts are a binary search per row.
+    """
+    n = np.int64(num_nodes)
+    keep = src != dst
+    m = int(np.count_nonzero(keep))
+    keys = np.empty(2 * m, dtype=np.int64)
+    if m == src.shape[0]:
+        np.multiply(src, n, out=keys[:m])
+        keys[:m] += dst
+        np.multiply(dst, n, out=keys[m:])
+        keys[m:] += src
+    else:
+        s, d = src[keep], dst[keep]
+        np.multiply(s, n, out=keys[:m])
+        keys[:m] += d
+        np.multiply(d, n, out=keys[m:])
+        keys[m:] += s
+        del s, d
+    del keep
+    _sort_two_halves(keys, m)
+    if keys.shape[0]:
+        fresh = np.empty(keys.shape[0], dtype=bool)
+        fresh[0] = True
+        np.not_equal(keys[1:], keys[:-1], out=fresh[1:])
+        keys = keys[fresh]
+        del fresh
+    indptr = np.searchsorted(keys, np.arange(num_nodes + 1, dtype=np.int64) * n)
+    np.remainder(keys, n, out=keys)  # keys now hold the column ids
+    return indptr.astype(np.int64, copy=False), keys
+
+
+def _sort_two_halves(keys: np.ndarray, half: int) -> None:
+    """Sort in place: the two halves in parallel threads (NumPy releases the GIL while
+    sorting), then one stable sort, which is Timsort and merges the two runs in linear time."""
+    if keys.shape[0] < 1 << 20:
+        keys.sort()
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        list(pool.map(np.ndarray.sort, (keys[:half], keys[half:])))
+    keys.sort(kind="stable")
+
+
+def vertex_weights(graph: GraphData) -> tuple[np.ndarray, list[str]]:
+    """METIS balance constraints as DistDGL builds them: one 0/1 column per value of
+    the train mask (or all-ones without one) and the in-degree (edges are owned by
+    their destination's part, so in-degree balances edges per part).
+
+    Columns whose total is zero are dropped: METIS divides by each column's total.
+    Returns (int64 [N, ncon], column names).
+    """
+    n = graph.num_nodes
+    columns: list[np.ndarray] = []
+    names: list[str] = []
+    train = graph.masks.get("train_mask")
+    if train is not None:
+        columns += [train.astype(np.int64), (~train).astype(np.int64)]
+        names += ["train_nodes", "other_nodes"]
+    else:
+        columns.append(np.ones(n, dtype=np.int64))
+        names.append("nodes")
+    columns.append(np.bincount(graph.dst, minlength=n).astype(np.int64, copy=False))
+    names.append("in_edges")
+    kept = [(c, name) for c, name in zip(columns, names) if c.sum() > 0]
+    if not kept:
+        kept = [(np.ones(n, dtype=np.int64), "nodes")]
+    return np.stack([c for c, _ in kept], axis=1), [name for _, name in kept]
+
+
+def random_assignment(num_nodes: int, num_parts: int, seed: int) -> np.ndarray:
+    """Parts of equal size (within one node) over a seeded random permutation."""
+    perm = np.random.default_rng(seed).permutation(num_nodes)
+    part = np.empty(num_nodes, dtype=np.int64)
+    part[perm] = np.arange(num_nodes, dtype=np.int64) % num_parts
+    return part
+
+
+def fill_empty_parts(part: np.ndarray, num_parts: int) -> np.ndarray:
+    """Give every empty part one node taken from the largest part.
+
+    METIS may leave a part empty on tiny or disconnected graphs; DGL's range
+    partition book needs every part to own at least one node.
+    """
+    counts = np.bincount(part, minlength=num_parts)
+    for empty in np.flatnonzero(counts == 0):
+        donor = int(np.argmax(counts))
+        node = int(np.flatnonzero(part == donor)[-1])
+        part[node] = empty
+        counts[donor] -= 1
+        counts[empty] += 1
+    return part
+
+
+def _small_ints(a: np.ndarray, num_parts: int) -> np.ndarray:
+    # NumPy's stable sort is a linear-time radix sort for 16-bit keys.
+    return a.astype(np.int16 if num_parts <= np.iinfo(np.int16).max else np.int32)
+
+
+def _ranges(counts: np.ndarray) -> tuple[tuple[int, int], ...]:
+    ends = np.cumsum(counts)
+    return tuple((int(e - c), int(e)) for c, e in zip(counts, ends))
+
+
+@dataclass(kw_only=True)
+class Layout:
+    """Where every node and edge goes.
+
+    Nodes are renumbered by (part, original id); edges are ordered stably by the part
+    of their destination, so global edge id = position in `edge_order`.
+    """
+
+    num_parts: int
+    part: np.ndarray
+    """int [N]: part of each original node id."""
+    node_order: np.ndarray
+    """int64 [N]: original id of each new id."""
+    new_id: np.ndarray
+    """int64 [N]: new id of each original id."""
+    node_ranges: tuple[tuple[int, int], ...]
+    edge_order: np.ndarray
+    """int64 [E]: input edge index of each global edge id."""
+    edge_ranges: tuple[tuple[int, int], ...]
+    out_edges: np.ndarray
+    """int64: global ids of cut edges, grouped by the part of their source."""
+    out_ranges: tuple[tuple[int, int], ...]
+    """Slice of out_edges per source part."""
+
+    @property
+    def num_cut(self) -> int:
+        return int(self.out_edges.shape[0])
+
+
+def plan_layout(part: np.ndarray, src: np.ndarray, dst: np.ndarray, num_parts: int) -> Layout:
+    n = part.shape[0]
+    small = _small_ints(part, num_parts)
+    node_order = np.argsort(small, kind="stable").astype(np.int64, copy=False)
+    new_id = np.empty(n, dtype=np.int64)
+    new_id[node_order] = np.arange(n, dtype=np.int64)
+    node_ranges = _ranges(np.bincount(part, minlength=num_parts))
+
+    owner = small[dst]
+    edge_order = np.argsort(owner, kind="stable").astype(np.int64, copy=False)
+    edge_ranges = _ranges(np.bincount(owner, minlength=num_parts))
+    # Cut edges in global edge id order, then grouped (stably) by their source's part.
+    src_part = small[src[edge_order]]
+    cut = np.flatnonzero(src_part != owner[edge_order])
+    del owner
+    cut_src_part = src_part[cut]
+    del src_part
+    by_src = np.argsort(cut_src_part, kind="stable")
+    out_edges = cut[by_src]
+    out_ranges = _ranges(np.bincount(cut_src_part, minlength=num_parts))
+    return Layout(
+        num_parts=num_parts, part=part, node_order=node_order, new_id=new_id,
+        node_ranges=node_ranges, edge_order=edge_order, edge_ranges=edge_ranges,
+        out_edges=out_edges, out_ranges=out_ranges,
+    )
+
+
+def part_arrays(graph: GraphData, layout: Layout, p: int):
+    """(PartNodes, PartEdges, PartHalo) of part p, in the shard format's order."""
+    from distgnn.partition.shards import PartEdges, PartHalo, PartNodes
+
+    lo, hi = layout.node_ranges[p]
+    orig = layout.node_order[lo:hi]
+    nodes = PartNodes(
+        id=np.arange(lo, hi, dtype=np.int64),
+        orig_id=orig,
+        feat=None if graph.feat is None else graph.feat[orig],
+        label=None if graph.label is None else graph.label[orig],
+        masks={name: mask[orig] for name, mask in graph.masks.items()},
+    )
+    elo, ehi = layout.edge_ranges[p]
+    olo, ohi = layout.out_ranges[p]
+    out_eid = layout.out_edges[olo:ohi]
+    index = np.concatenate([layout.edge_order[elo:ehi], layout.edge_order[out_eid]])
+    src = layout.new_id[graph.src[index]]
+    dst = layout.new_id[graph.dst[index]]
+    del index
+    n_inner = ehi - elo
+    edges = PartEdges(
+        src=src, dst=dst,
+        eid=np.concatenate([np.arange(elo, ehi, dtype=np.int64), out_eid]),
+        inner=np.arange(src.shape[0]) < n_inner,
+    )
+    inner_src = src[:n_inner]
+    foreign = np.concatenate([inner_src[(inner_src < lo) | (inner_src >= hi)], dst[n_inner:]])
+    halo_id = np.unique(foreign)
+    halo_orig = layout.node_order[halo_id]
+    halo = PartHalo(id=halo_id, orig_id=halo_orig, part=layout.part[halo_orig].astype(np.int64))
+    return nodes, edges, halo

@@ -1,0 +1,126 @@
+"""Phase timing and peak memory, partition quality figures, and their printed form."""
+
+from __future__ import annotations
+
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TextIO
+
+import numpy as np
+
+
+def _vm_hwm_bytes() -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak() -> bool:
+    # Writing 5 to clear_refs resets VmHWM to the current RSS (Linux >= 4.0), so
+    # each phase reports its own peak rather than the process's all-time peak.
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _rss_bytes() -> int:
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
+
+
+@dataclass
+class Phase:
+    name: str
+    seconds: float
+    peak_rss_bytes: int
+
+
+@dataclass
+class PhaseMeter:
+    """Times named phases and records each one's peak RSS; prints progress to `stream`."""
+
+    stream: TextIO | None = None
+    phases: list[Phase] = field(default_factory=list)
+
+    @contextmanager
+    def phase(self, name: str, detail: str = ""):
+        if self.stream is not None:
+            print(f"partition: {name}{' ' + detail if detail else ''} ...", file=self.stream, flush=True)
+        exact = _reset_peak()
+        start = time.perf_counter()
+        yield
+        seconds = time.perf_counter() - start
+        peak = (_vm_hwm_bytes() if exact else None) or _rss_bytes()
+        self.phases.append(Phase(name, seconds, peak))
+        if self.stream is not None:
+            print(
+                f"partition: {name} done in {seconds:.2f}s, peak RSS {peak / 2**30:.2f} GiB",
+                file=self.stream, flush=True,
+            )
+
+    def seconds(self, name: str) -> float:
+        return sum(p.seconds for p in self.phases if p.name == name)
+
+    def to_json(self) -> list[dict]:
+        return [
+            {"name": p.name, "seconds": round(p.seconds, 4), "peak_rss_bytes": p.peak_rss_bytes}
+            for p in self.phases
+        ]
+
+
+def balance(values: np.ndarray) -> float:
+    """max part total / mean part total (1.0 is perfect)."""
+    total = float(values.sum())
+    return float(values.max() * values.shape[0] / total) if total > 0 else 1.0
+
+
+def per_part_totals(part: np.ndarray, weights: np.ndarray, num_parts: int) -> np.ndarray:
+    return np.bincount(part, weights=weights, minlength=num_parts)
+
+
+def format_report(report: dict, stream: TextIO = sys.stdout) -> None:
+    cut = report["edge_cut"]
+    print(
+        f"partitioned {report['graph_name']}: {report['num_nodes']} nodes, {report['num_edges']} edges "
+        f"into {report['num_parts']} parts ({report['method']}, seed {report['seed']})",
+        file=stream,
+    )
+    print(f"edge cut: {cut['count']} of {report['num_edges']} edges ({cut['percent']:.2f}%)", file=stream)
+    print(
+        "balance (max/mean): " + ", ".join(f"{k} {v:.3f}" for k, v in report["balance"].items()),
+        file=stream,
+    )
+    print(f"{'part':>5} {'nodes':>10} {'edges':>12} {'out_edges':>10} {'halo':>10} {'train':>8}", file=stream)
+    for row in report["parts"]:
+        print(
+            f"{row['part']:>5} {row['nodes']:>10} {row['edges']:>12} {row['out_edges']:>10} "
+            f"{row['halo_nodes']:>10} {row['train_nodes']:>8}",
+            file=stream,
+        )
+    print(f"{'phase':<12} {'seconds':>9} {'peak RSS GiB':>13}", file=stream)
+    for phase in report["phases"]:
+        print(
+            f"{phase['name']:<12} {phase['seconds']:>9.2f} {phase['peak_rss_bytes'] / 2**30:>13.2f}",
+            file=stream,
+        )
+    print(f"{'total':<12} {report['seconds']:>9.2f}", file=stream)
+    stream.flush()
+
+
+def describe_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TiB"

@@ -1,0 +1,405 @@
+"""The shard format: the only module that writes or reads a partition folder.
+
+Layout of a partition folder ROOT (FORMAT_VERSION 1):
+
+    ROOT/manifest.json          whole-run facts: counts, ranges, schema, statistics,
+                                sha256 of every file, versions, command
+    ROOT/assignment.parquet     orig_id -> new_id, part (sorted by orig_id)
+    ROOT/part-00000/part.json   everything a host needs about the whole partitioning
+                                (all parts' ranges, schema) plus this part's checksums
+    ROOT/part-00000/nodes.parquet  id, orig_id, [feat, label, masks]: the part's own nodes
+    ROOT/part-00000/edges.parquet  src, dst, eid, inner: the part's edges (dst inside,
+                                inner=True, eid = the part's edge range in order), then the
+                                edges from this part's nodes into other parts (inner=False)
+    ROOT/part-00000/halo.parquet   id, orig_id, part: the other parts' nodes those edges touch
+
+Node ids are the renumbered global ids: part p owns [node_ranges[p][0], node_ranges[p][1]).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from distgnn.errors import ShardError
+from distgnn.graph.data import MASK_NAMES
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+ASSIGNMENT = "assignment.parquet"
+PART_INFO = "part.json"
+NODES = "nodes.parquet"
+EDGES = "edges.parquet"
+HALO = "halo.parquet"
+PART_FILES = (NODES, EDGES, HALO)
+
+_HASH_CHUNK = 8 << 20
+
+
+def part_dir(root: str | os.PathLike, part: int) -> Path:
+    """The folder of part `part` under a partition folder (the one place its name is built)."""
+    return Path(root) / f"part-{part:05d}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class FeatureSchema:
+    """Which node data the shards carry."""
+
+    feat_dim: int
+    """Width of the float32 `feat` column; 0 when the graph has no features."""
+    has_label: bool
+    masks: tuple[str, ...]
+    """The subset of MASK_NAMES present, in MASK_NAMES order."""
+    num_classes: int | None = None
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "masks": list(self.masks)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "FeatureSchema":
+        return cls(
+            feat_dim=int(data["feat_dim"]),
+            has_label=bool(data["has_label"]),
+            masks=tuple(data["masks"]),
+            num_classes=data.get("num_classes"),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class PartInfo:
+    """part.json: what one host knows about the whole partitioning."""
+
+    graph_name: str
+    part_id: int
+    num_parts: int
+    num_nodes: int
+    num_edges: int
+    method: str
+    node_ranges: tuple[tuple[int, int], ...]
+    edge_ranges: tuple[tuple[int, int], ...]
+    schema: FeatureSchema
+    files: dict = field(default_factory=dict)
+    """File name -> {"sha256", "bytes", "rows"} for this part's Parquet files."""
+
+    def to_json(self) -> dict:
+        return {
+            "format_version": FORMAT_VERSION,
+            "graph_name": self.graph_name,
+            "part_id": self.part_id,
+            "num_parts": self.num_parts,
+            "num_nodes": self.num_nodes,
+            "num_edges": self.num_edges,
+            "method": self.method,
+            "node_ranges": [list(r) for r in self.node_ranges],
+            "edge_ranges": [list(r) for r in self.edge_ranges],
+            "schema": self.schema.to_json(),
+            "files": self.files,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> "PartInfo":
+        return cls(
+            graph_name=data["graph_name"],
+            part_id=int(data["part_id"]),
+            num_parts=int(data["num_parts"]),
+            num_nodes=int(data["num_nodes"]),
+            num_edges=int(data["num_edges"]),
+            method=data["method"],
+            node_ranges=tuple(tuple(int(x) for x in r) for r in data["node_ranges"]),
+            edge_ranges=tuple(tuple(int(x) for x in r) for r in data["edge_ranges"]),
+            schema=FeatureSchema.from_json(data["schema"]),
+            files=data["files"],
+        )
+
+    @property
+    def node_range(self) -> tuple[int, int]:
+        return self.node_ranges[self.part_id]
+
+    @property
+    def edge_range(self) -> tuple[int, int]:
+        return self.edge_ranges[self.part_id]
+
+
+@dataclass(kw_only=True)
+class PartNodes:
+    """A part's own nodes, in global id order."""
+
+    id: np.ndarray
+    orig_id: np.ndarray
+    feat: np.ndarray | None
+    label: np.ndarray | None
+    masks: dict[str, np.ndarray]
+
+
+@dataclass(kw_only=True)
+class PartEdges:
+    """Inner edges first (eid = the part's edge range, ascending), then outgoing ones."""
+
+    src: np.ndarray
+    dst: np.ndarray
+    eid: np.ndarray
+    inner: np.ndarray
+
+
+@dataclass(kw_only=True)
+class PartHalo:
+    """Other parts' nodes adjacent to this part, ascending by global id."""
+
+    id: np.ndarray
+    orig_id: np.ndarray
+    part: np.ndarray
+
+
+@dataclass(kw_only=True)
+class PartShard:
+    """One part folder read back. Arrays come from Arrow and may be read-only."""
+
+    folder: Path
+    info: PartInfo
+    nodes: PartNodes
+    edges: PartEdges
+    halo: PartHalo
+
+
+@dataclass(frozen=True, kw_only=True)
+class Manifest:
+    """manifest.json read back; `data` keeps every field (statistics, report, versions)."""
+
+    root: Path
+    graph_name: str
+    num_parts: int
+    num_nodes: int
+    num_edges: int
+    node_ranges: tuple[tuple[int, int], ...]
+    edge_ranges: tuple[tuple[int, int], ...]
+    schema: FeatureSchema
+    files: dict[str, str]
+    data: dict
+
+    def part_dir(self, part: int) -> Path:
+        return part_dir(self.root, part)
+
+
+# ---------------------------------------------------------------- hashing
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------- writing
+
+
+def _write_table(path: Path, table: pa.Table) -> dict:
+    # Random float features do not compress and dictionary encoding of unique ids only
+    # costs time, so both are off; one row group per file keeps reads zero-copy.
+    pq.write_table(
+        table,
+        path,
+        compression="none",
+        use_dictionary=False,
+        row_group_size=max(1, table.num_rows),
+    )
+    return {"sha256": sha256_file(path), "bytes": path.stat().st_size, "rows": table.num_rows}
+
+
+def _feat_array(feat: np.ndarray) -> pa.Array:
+    flat = pa.array(np.ascontiguousarray(feat, dtype=np.float32).reshape(-1))
+    return pa.FixedSizeListArray.from_arrays(flat, int(feat.shape[1]))
+
+
+def nodes_table(nodes: PartNodes) -> pa.Table:
+    columns = {"id": pa.array(nodes.id), "orig_id": pa.array(nodes.orig_id)}
+    if nodes.feat is not None:
+        columns["feat"] = _feat_array(nodes.feat)
+    if nodes.label is not None:
+        columns["label"] = pa.array(nodes.label)
+    for name in MASK_NAMES:
+        if name in nodes.masks:
+            columns[name] = pa.array(nodes.masks[name])
+    return pa.table(columns)
+
+
+def write_part(folder: Path, info: PartInfo, nodes: PartNodes, edges: PartEdges, halo: PartHalo) -> PartInfo:
+    """Write one part folder; returns `info` with the files' checksums filled in."""
+    folder.mkdir(parents=True, exist_ok=False)
+    files = {
+        NODES: _write_table(folder / NODES, nodes_table(nodes)),
+        EDGES: _write_table(
+            folder / EDGES,
+            pa.table({
+                "src": pa.array(edges.src), "dst": pa.array(edges.dst),
+                "eid": pa.array(edges.eid), "inner": pa.array(edges.inner),
+            }),
+        ),
+        HALO: _write_table(
+            folder / HALO,
+            pa.table({
+                "id": pa.array(halo.id), "orig_id": pa.array(halo.orig_id),
+                "part": pa.array(halo.part.astype(np.int32, copy=False)),
+            }),
+        ),
+    }
+    info = replace(info, files=files)
+    _write_json(folder / PART_INFO, info.to_json())
+    return info
+
+
+def write_assignment(root: Path, orig_to_new: np.ndarray, part: np.ndarray) -> str:
+    """Write assignment.parquet; returns its sha256."""
+    table = pa.table({
+        "orig_id": pa.array(np.arange(orig_to_new.shape[0], dtype=np.int64)),
+        "new_id": pa.array(orig_to_new),
+        "part": pa.array(part.astype(np.int32, copy=False)),
+    })
+    return _write_table(root / ASSIGNMENT, table)["sha256"]
+
+
+def write_manifest(root: Path, data: dict, known: dict[str, str] | None = None) -> None:
+    """Write manifest.json with the sha256 of every other file under root.
+
+    `known` maps relative paths to checksums computed while writing, so the big
+    Parquet files are not read a second time.
+    """
+    known = known or {}
+    files = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and path.name != MANIFEST:
+            rel = path.relative_to(root).as_posix()
+            files[rel] = known.get(rel) or sha256_file(path)
+    _write_json(root / MANIFEST, {"format_version": FORMAT_VERSION, **data, "files": files})
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+# ---------------------------------------------------------------- reading
+
+
+def _load_json(path: Path, what: str) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ShardError(f"{path}: missing {what}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ShardError(f"{path}: unreadable {what}: {err}") from None
+    if not isinstance(data, dict):
+        raise ShardError(f"{path}: {what} is not a JSON object")
+    version = data.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ShardError(f"{path}: format_version {version!r} is not {FORMAT_VERSION}")
+    return data
+
+
+def read_manifest(root: str | os.PathLike) -> Manifest:
+    root = Path(root)
+    data = _load_json(root / MANIFEST, "manifest")
+    try:
+        return Manifest(
+            root=root,
+            graph_name=data["graph_name"],
+            num_parts=int(data["num_parts"]),
+            num_nodes=int(data["num_nodes"]),
+            num_edges=int(data["num_edges"]),
+            node_ranges=tuple(tuple(r) for r in data["node_ranges"]),
+            edge_ranges=tuple(tuple(r) for r in data["edge_ranges"]),
+            schema=FeatureSchema.from_json(data["schema"]),
+            files=data["files"],
+            data=data,
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise ShardError(f"{root / MANIFEST}: missing or bad field {err}") from None
+
+
+def read_part_info(folder: str | os.PathLike) -> PartInfo:
+    path = Path(folder) / PART_INFO
+    data = _load_json(path, "part.json")
+    try:
+        return PartInfo.from_json(data)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ShardError(f"{path}: missing or bad field {err}") from None
+
+
+def verify_part(folder: str | os.PathLike, info: PartInfo | None = None) -> None:
+    """Raise ShardError naming the first file whose sha256 differs from part.json."""
+    folder = Path(folder)
+    info = info or read_part_info(folder)
+    for name in PART_FILES:
+        path = folder / name
+        expected = info.files.get(name, {}).get("sha256")
+        if not path.is_file():
+            raise ShardError(f"{path}: missing shard file")
+        if sha256_file(path) != expected:
+            raise ShardError(f"{path}: sha256 does not match {folder / PART_INFO} (file changed or corrupt)")
+
+
+def _read_table(path: Path) -> pa.Table:
+    try:
+        return pq.read_table(path)
+    except (OSError, pa.ArrowException) as err:
+        raise ShardError(f"{path}: unreadable Parquet: {err}") from None
+
+
+def _np(table: pa.Table, name: str, path: Path) -> np.ndarray:
+    if name not in table.column_names:
+        raise ShardError(f"{path}: missing column {name!r}")
+    return table.column(name).to_numpy()
+
+
+def _feat(table: pa.Table, dim: int, path: Path) -> np.ndarray:
+    if "feat" not in table.column_names:
+        raise ShardError(f"{path}: missing column 'feat'")
+    column = table.column("feat").combine_chunks()
+    values = column.flatten().to_numpy()
+    return values.reshape(-1, dim) if dim else values.reshape(len(column), 0)
+
+
+def read_part(folder: str | os.PathLike, verify: bool = True) -> PartShard:
+    """Read one part folder; with verify, check every file against part.json first."""
+    folder = Path(folder)
+    info = read_part_info(folder)
+    if verify:
+        verify_part(folder, info)
+    nodes_path, edges_path, halo_path = (folder / n for n in PART_FILES)
+    nt = _read_table(nodes_path)
+    schema = info.schema
+    nodes = PartNodes(
+        id=_np(nt, "id", nodes_path),
+        orig_id=_np(nt, "orig_id", nodes_path),
+        feat=_feat(nt, schema.feat_dim, nodes_path) if schema.feat_dim else None,
+        label=_np(nt, "label", nodes_path) if schema.has_label else None,
+        masks={m: _np(nt, m, nodes_path) for m in schema.masks},
+    )
+    et = _read_table(edges_path)
+    edges = PartEdges(
+        src=_np(et, "src", edges_path), dst=_np(et, "dst", edges_path),
+        eid=_np(et, "eid", edges_path), inner=_np(et, "inner", edges_path),
+    )
+    ht = _read_table(halo_path)
+    halo = PartHalo(
+        id=_np(ht, "id", halo_path), orig_id=_np(ht, "orig_id", halo_path),
+        part=_np(ht, "part", halo_path),
+    )
+    lo, hi = info.node_range
+    if nodes.id.shape[0] != hi - lo:
+        raise ShardError(f"{nodes_path}: {nodes.id.shape[0]} rows, part.json says {hi - lo}")
+    return PartShard(folder=folder, info=info, nodes=nodes, edges=edges, halo=halo)
+
+
+def read_assignment(root: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """(new_id, part) indexed by original node id."""
+    path = Path(root) / ASSIGNMENT
+    table = _read_table(path)
+    return _np(table, "new_id", path), _np(table, "part", path)

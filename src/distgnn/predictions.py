@@ -1,0 +1,51 @@
+"""The batch-inference output format: one Parquet file per trainer rank in a folder.
+
+Columns: `node_id` (the input graph's original id), `pred` (class), `probs` (class probabilities),
+`embedding` (the last hidden layer). Written to a temporary name and renamed, so a reader never
+sees a half-written file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+def rank_file(out_dir: Path, rank: int) -> Path:
+    return Path(out_dir) / f"predictions-rank{rank:05d}.parquet"
+
+
+def _fixed_list(matrix: np.ndarray) -> pa.FixedSizeListArray:
+    matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+    return pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), matrix.shape[1])
+
+
+def write_rank(out_dir: Path, *, rank: int, orig_id, pred, probs, embedding) -> Path:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = pa.table(
+        {
+            "node_id": pa.array(np.asarray(orig_id, dtype=np.int64)),
+            "pred": pa.array(np.asarray(pred, dtype=np.int64)),
+            "probs": _fixed_list(probs),
+            "embedding": _fixed_list(embedding),
+        }
+    )
+    final = rank_file(out_dir, rank)
+    tmp = final.with_name(f".{final.name}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, final)
+    return final
+
+
+def read_all(out_dir: Path) -> pa.Table:
+    """Every rank's predictions, sorted by node id."""
+    files = sorted(Path(out_dir).glob("predictions-rank*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"{out_dir}: no predictions-rank*.parquet files")
+    table = pa.concat_tables([pq.read_table(f) for f in files])
+    return table.sort_by("node_id")

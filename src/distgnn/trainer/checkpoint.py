@@ -1,0 +1,214 @@
+"""Training checkpoints: the only reader and writer of CKPT_DIR/epoch-NNNNN.pt and CKPT_DIR/latest.
+
+A checkpoint is written to a temporary file in the same folder, fsynced and
+renamed into place, and only then does `latest` move to it, so a crash at any
+moment leaves the previous checkpoint complete and named by `latest`.
+Files are loaded with torch.load(weights_only=True): everything stored is
+tensors, numbers, strings, lists and dicts, so a checkpoint cannot run code.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from distgnn.errors import InputError
+
+FORMAT = "distgnn-checkpoint"
+VERSION = 1
+LATEST = "latest"
+_NAME = re.compile(r"^epoch-(\d{5,})\.pt$")
+_TMP_PREFIX = ".tmp-"
+
+
+def checkpoint_name(epoch: int) -> str:
+    return f"epoch-{epoch:05d}.pt"
+
+
+def _fsync_dir(folder: Path) -> None:
+    # The rename is only durable once the directory entry itself is on disk.
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(folder: Path, name: str, write: Any) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=f"{_TMP_PREFIX}{name}-", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, folder / name)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(folder)
+    return folder / name
+
+
+def _checkpoints(folder: Path) -> list[tuple[int, Path]]:
+    found = []
+    for path in folder.iterdir():
+        match = _NAME.match(path.name)
+        if match and path.is_file():
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def save_checkpoint(ckpt_dir: str | os.PathLike[str], epoch: int, state: dict[str, Any], *, keep: int = 3) -> Path:
+    """Write `state` as epoch-NNNNN.pt, point `latest` at it, keep the newest `keep` checkpoints.
+
+    Call it on one rank only (rank 0): the files are shared by name.
+    """
+    if keep < 1:
+        raise ValueError(f"save_checkpoint keep must be >= 1, got {keep}")
+    folder = Path(ckpt_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    # Leftovers of a writer that died before its rename; nobody else writes here.
+    for stale in folder.glob(f"{_TMP_PREFIX}*"):
+        stale.unlink(missing_ok=True)
+    payload = {**state, "format": FORMAT, "version": VERSION, "epoch": int(epoch)}
+    name = checkpoint_name(epoch)
+    path = _atomic_write(folder, name, lambda f: torch.save(payload, f))
+    _atomic_write(folder, LATEST, lambda f: f.write(f"{name}\n".encode()))
+    for _, old in _checkpoints(folder)[:-keep]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def latest_checkpoint(ckpt_dir: str | os.PathLike[str]) -> Path | None:
+    """The checkpoint `latest` names; the newest epoch file if that pointer is gone; None if there is none."""
+    folder = Path(ckpt_dir)
+    if not folder.is_dir():
+        return None
+    pointer = folder / LATEST
+    if pointer.is_file():
+        name = pointer.read_text().strip()
+        if _NAME.match(name) and (folder / name).is_file():
+            return folder / name
+    found = _checkpoints(folder)
+    return found[-1][1] if found else None
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str], *, model_config: dict[str, Any], flag: str = "--resume"
+) -> dict[str, Any]:
+    """Read a checkpoint written by save_checkpoint, refusing one of another model shape.
+
+    `flag` is the command-line option that asked for it, named in every error.
+    """
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise InputError(f"{flag}: checkpoint {path} does not exist") from None
+    except Exception as exc:  # torch.load raises many types for a damaged file
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"{flag}: cannot read checkpoint {path}: {reason}") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise InputError(f"{flag}: {path} is not a distgnn checkpoint")
+    if state.get("version") != VERSION:
+        raise InputError(f"{flag}: checkpoint {path} has format version {state.get('version')}, expected {VERSION}")
+    saved = state.get("model_config")
+    if not isinstance(saved, dict):
+        raise InputError(f"{flag}: checkpoint {path} has no model_config")
+    differing = sorted(k for k in set(saved) | set(model_config) if saved.get(k) != model_config.get(k))
+    if differing:
+        details = ", ".join(f"{k} (checkpoint {saved.get(k)!r}, this run {model_config.get(k)!r})" for k in differing)
+        raise InputError(f"{flag}: checkpoint {path} was trained with a different model: {details}")
+    return state
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Python, NumPy, torch CPU and (if present) CUDA generator states, as weights_only-loadable values."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        # uint32 has no torch dtype in 2.2; int64 holds it exactly.
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(_as_python_state(state["python"]))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(state["torch"])
+    # A run resumed on a machine with a different GPU count keeps its fresh CUDA seeds.
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_python_state(value: Any) -> tuple[Any, ...]:
+    # random.setstate wants tuples; a round trip through some loaders gives lists.
+    version, internal, gauss = value
+    return (version, tuple(internal), gauss)
+
+
+def _bare(model: nn.Module) -> nn.Module:
+    # A DDP wrapper's state_dict prefixes every key with "module."; store the bare model's.
+    return getattr(model, "module", model)
+
+
+def make_state(
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: Any,
+    model_config: dict[str, Any],
+    train_config: dict[str, Any],
+    best_val_acc: float,
+    patience_counter: int,
+) -> dict[str, Any]:
+    """Everything a resumed run needs, in the layout load_checkpoint and apply_state expect."""
+    return {
+        "model": _bare(model).state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "rng": capture_rng_state(),
+        "model_config": dict(model_config),
+        "train_config": dict(train_config),
+        "best_val_acc": float(best_val_acc),
+        "patience_counter": int(patience_counter),
+    }
+
+
+def apply_state(
+    state: dict[str, Any],
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: Any,
+) -> None:
+    """Load a checkpoint's model, optimizer, scheduler, scaler and RNG states into live objects."""
+    _bare(model).load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    # A disabled scaler (fp32/bf16 run) saves {}; an fp16 run resuming from it starts with a fresh scale.
+    if state["scaler"]:
+        scaler.load_state_dict(state["scaler"])
+    restore_rng_state(state["rng"])

@@ -1,0 +1,46 @@
+"""`train`: one trainer process, started by torchrun (which `launch` runs on every host).
+
+Exit codes: 0 success, 2 bad input (one-line message), 1 anything else. After a failure the
+process leaves with `os._exit`: a normal exit would run DGL's atexit client barrier, which waits
+forever for peers that will never arrive (DGL-NOTES pitfall 5).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+from distgnn.errors import InputError
+
+
+def main(argv: list[str] | None = None) -> int:
+    from distgnn.trainer.config import config_from_args
+
+    try:
+        cfg = config_from_args(argv)
+    except InputError as err:
+        print(f"train: error: {err}", file=sys.stderr)
+        return 2
+    try:
+        from distgnn.trainer.run import run
+
+        run(cfg)
+    except InputError as err:
+        print(f"train: error: {err}", file=sys.stderr, flush=True)
+        _leave(2)
+    except BaseException:  # noqa: BLE001 - any failure must end the process, not hang it
+        traceback.print_exc()
+        sys.stderr.flush()
+        _leave(1)
+    return 0
+
+
+def _leave(code: int) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

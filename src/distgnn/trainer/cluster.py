@@ -1,0 +1,124 @@
+"""Joining the cluster: checks that need no servers first, then DGL, then torch.distributed.
+
+Order matters: DGL's `initialize` must run before `init_process_group` (DGL-NOTES), and every
+input error must be raised before either, because a trainer that dies after connecting leaves
+its peers waiting in DGL's exit barrier.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from distgnn.errors import InputError
+from distgnn.trainer.config import TrainConfig
+
+
+@dataclass
+class Cluster:
+    g: object
+    """dgl.distributed.DistGraph"""
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str
+
+
+@dataclass(frozen=True)
+class GraphFacts:
+    graph_name: str
+    num_parts: int
+    num_nodes: int
+    feat_dim: int
+    num_classes: int
+    num_train: int
+    hosts: tuple[str, ...]
+    """Host addresses from the ip_config, in machine order."""
+
+
+def check_inputs(cfg: TrainConfig, world_size: int) -> GraphFacts:
+    """Everything about the shards and host list that can be checked before connecting."""
+    from distgnn.ip_config import parse_ip_config
+    from distgnn.partition import shards
+
+    manifest = shards.read_manifest(cfg.shards)
+    hosts = parse_ip_config(cfg.ip_config)
+    if len(hosts) != manifest.num_parts:
+        raise InputError(
+            f"{cfg.ip_config}: lists {len(hosts)} hosts but {cfg.shards} has {manifest.num_parts} parts; "
+            "DGL serves one part per host"
+        )
+    facts = GraphFacts(
+        graph_name=manifest.graph_name,
+        num_parts=manifest.num_parts,
+        num_nodes=manifest.num_nodes,
+        feat_dim=manifest.schema.feat_dim,
+        num_classes=manifest.schema.num_classes or 0,
+        num_train=sum(part["train_nodes"] for part in manifest.data["parts"]),
+        hosts=tuple(h.address for h in hosts),
+    )
+    if facts.feat_dim == 0 or facts.num_classes < 2:
+        raise InputError(f"{cfg.shards}: the graph needs node features and at least 2 label classes to train on")
+    if facts.num_train < world_size and not cfg.predict_only:
+        raise InputError(
+            f"{cfg.shards}: {facts.num_train} training nodes for {world_size} trainers; "
+            "every trainer needs at least one (use fewer trainers)"
+        )
+    return facts
+
+
+def pick_device(backend: str) -> tuple[torch.device, str]:
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available()
+    if backend == "auto":
+        backend = "nccl" if cuda else "gloo"
+    if backend == "nccl" and not cuda:
+        raise InputError("--backend nccl: no CUDA device is visible to this trainer")
+    device = torch.device("cuda", local_rank) if (cuda and backend == "nccl") else torch.device("cpu")
+    return device, backend
+
+
+def dgl_client_env(cfg: TrainConfig) -> dict[str, str]:
+    """The environment DGL reads in `initialize` for a trainer (DGL-NOTES, 'Processes')."""
+    return {
+        "DGL_DIST_MODE": "distributed",
+        "DGL_ROLE": "client",
+        "DGL_NUM_SAMPLER": str(cfg.samplers),
+        "DGL_NUM_SERVER": str(cfg.servers_per_host),
+        "DGL_GROUP_ID": "0",
+    }
+
+
+def connect(cfg: TrainConfig, facts: GraphFacts) -> Cluster:
+    import dgl
+    import torch.distributed as dist
+
+    device, backend = pick_device(cfg.backend)
+    os.environ.update(dgl_client_env(cfg))
+    # A missing server otherwise makes DGL retry for ~51 minutes (DGL-NOTES pitfall 3).
+    os.environ.setdefault("DGL_DIST_MAX_TRY_TIMES", "60")
+    from distgnn.ip_config import dgl_readable
+
+    dgl.distributed.initialize(str(dgl_readable(cfg.ip_config)))
+    dist.init_process_group(backend=backend)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    g = dgl.distributed.DistGraph(facts.graph_name)
+    return Cluster(
+        g=g,
+        rank=dist.get_rank(),
+        world_size=dist.get_world_size(),
+        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+        device=device,
+        backend=backend,
+    )
+
+
+def split_nodes(g, mask_name: str) -> torch.Tensor:
+    """This trainer's share of the nodes in a mask; even across trainers so DDP steps line up."""
+    import dgl
+
+    return dgl.distributed.node_split(g.ndata[mask_name], g.get_partition_book(), force_even=True)

@@ -1,0 +1,205 @@
+"""The trainer's typed configuration, built once from the command line."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from distgnn.errors import InputError
+from distgnn.metrics import parse_metrics_port
+from distgnn.ports import DEFAULT_METRICS_PORT
+from distgnn.trainer.model import FEATURE_NORMS
+from distgnn.trainer.step import OPTIMIZERS
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+BACKENDS = ("auto", "gloo", "nccl")
+
+
+def parse_fanouts(text: str) -> tuple[int, ...]:
+    """'10,25' -> (10, 25): one fanout per layer, input layer first; -1 means all neighbours."""
+    parts = [p.strip() for p in text.split(",")] if text is not None else []
+    if not parts or any(p == "" for p in parts):
+        raise InputError(f"--fanouts {text!r}: expected comma-separated integers such as 10,25")
+    try:
+        fanouts = tuple(int(p) for p in parts)
+    except ValueError:
+        raise InputError(f"--fanouts {text!r}: expected comma-separated integers such as 10,25") from None
+    if any(f == 0 or f < -1 for f in fanouts):
+        raise InputError(f"--fanouts {text!r}: each fanout must be a positive integer or -1 (all neighbours)")
+    return fanouts
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    """Everything one trainer process needs; validated here so the loop never re-checks input."""
+
+    shards: Path
+    """Shard folder written by `partition` (manifest.json, part-NNNNN/)."""
+    ip_config: Path
+    """DGL ip_config.txt: one line per host, host i serves part i."""
+    servers_per_host: int = 1
+    samplers: int = 0
+    """DGL sampler processes per trainer (0: sample in the trainer process)."""
+    fanouts: tuple[int, ...] = (10, 25)
+    batch_size: int = 1000
+    hidden: int = 256
+    dropout: float = 0.5
+    epochs: int = 20
+    lr: float = 0.003
+    weight_decay: float = 5e-4
+    optimizer: str = "adamw"
+    """'adamw' (decoupled weight decay) or 'adam' (L2 in the gradient)."""
+    feature_norm: str = "none"
+    """'row': L1-normalise each input feature row inside the model; 'none'."""
+    warmup_epochs: int = 1
+    min_lr_ratio: float = 0.05
+    clip_norm: float = 1.0
+    eval_every: int = 1
+    eval_fanouts: tuple[int, ...] | None = None
+    """Fanouts for validation/test sampling; default: the training fanouts."""
+    patience: int = 0
+    """Stop after this many evaluations without a better val accuracy (0: never)."""
+    precision: str = "fp32"
+    backend: str = "auto"
+    seed: int = 0
+    checkpoint_dir: Path | None = None
+    resume: bool = False
+    predict_out: Path | None = None
+    predict_only: bool = False
+    """Skip training: load the latest checkpoint and run batch inference only."""
+    run_dir: Path | None = None
+    """Where the JSON-lines run log goes (one file per rank)."""
+    log_every: int = 20
+    metrics_port: int | str = DEFAULT_METRICS_PORT
+    metrics_addr: str = "0.0.0.0"
+    job_id: str = "distgnn"
+    graph_name: str | None = field(default=None)
+    """Filled from the shard manifest."""
+
+    def __post_init__(self) -> None:
+        self.shards = Path(self.shards)
+        self.ip_config = Path(self.ip_config)
+        if self.batch_size < 1:
+            raise InputError(f"--batch-size {self.batch_size}: must be at least 1")
+        if self.epochs < 0:
+            raise InputError(f"--epochs {self.epochs}: must be at least 0")
+        if self.hidden < 1:
+            raise InputError(f"--hidden {self.hidden}: must be at least 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise InputError(f"--dropout {self.dropout}: must be in [0, 1)")
+        if self.lr <= 0:
+            raise InputError(f"--lr {self.lr}: must be positive")
+        if self.servers_per_host < 1:
+            raise InputError(f"--servers-per-host {self.servers_per_host}: must be at least 1")
+        if self.samplers < 0:
+            raise InputError(f"--samplers {self.samplers}: must be at least 0")
+        if self.eval_every < 1:
+            raise InputError(f"--eval-every {self.eval_every}: must be at least 1")
+        if self.patience < 0:
+            raise InputError(f"--patience {self.patience}: must be at least 0")
+        if self.optimizer not in OPTIMIZERS:
+            raise InputError(f"--optimizer {self.optimizer!r}: expected one of {', '.join(OPTIMIZERS)}")
+        if self.feature_norm not in FEATURE_NORMS:
+            raise InputError(f"--feature-norm {self.feature_norm!r}: expected one of {', '.join(FEATURE_NORMS)}")
+        if self.precision not in PRECISIONS:
+            raise InputError(f"--precision {self.precision!r}: expected one of {', '.join(PRECISIONS)}")
+        if self.backend not in BACKENDS:
+            raise InputError(f"--backend {self.backend!r}: expected one of {', '.join(BACKENDS)}")
+        if self.eval_fanouts is not None and len(self.eval_fanouts) != len(self.fanouts):
+            raise InputError("--eval-fanouts: needs one fanout per layer, as many as --fanouts")
+        if (self.resume or self.predict_only) and self.checkpoint_dir is None:
+            flag = "--resume" if self.resume else "--predict-only"
+            raise InputError(f"{flag}: needs --checkpoint-dir")
+        if self.predict_only and self.predict_out is None:
+            raise InputError("--predict-only: needs --predict-out")
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.fanouts)
+
+    def to_json(self) -> dict:
+        """Plain-JSON form for checkpoints, the run log and the metrics info."""
+        out = asdict(self)
+        for k, v in out.items():
+            if isinstance(v, Path):
+                out[k] = str(v)
+            elif isinstance(v, tuple):
+                out[k] = list(v)
+        return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="train",
+        description="Distributed GraphSAGE trainer; run one per device under torchrun (`launch` does this for you).",
+    )
+    p.add_argument("--shards", required=True, type=Path, help="shard folder written by `partition`")
+    p.add_argument("--ip-config", required=True, type=Path, help="DGL ip_config.txt of the graph servers")
+    p.add_argument("--servers-per-host", type=int, default=1)
+    p.add_argument("--samplers", type=int, default=0, help="sampler processes per trainer (0: sample inline)")
+    p.add_argument("--fanouts", default="10,25", help="neighbours sampled per layer, input layer first, e.g. 10,25")
+    p.add_argument("--eval-fanouts", default=None, help="fanouts for validation/test (default: --fanouts)")
+    p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--dropout", type=float, default=0.5)
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--lr", type=float, default=0.003)
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--optimizer", default="adamw", help="adamw (decoupled weight decay) or adam (L2 weight decay)")
+    p.add_argument("--feature-norm", default="none", help="row: L1-normalise input feature rows; none")
+    p.add_argument("--warmup-epochs", type=int, default=1)
+    p.add_argument("--clip-norm", type=float, default=1.0)
+    p.add_argument("--eval-every", type=int, default=1, help="evaluate on val/test every K epochs")
+    p.add_argument("--patience", type=int, default=0, help="early stopping: evaluations without val improvement")
+    p.add_argument("--precision", default="fp32", help="fp32, bf16 or fp16 (fp16 needs a GPU)")
+    p.add_argument("--backend", default="auto", help="torch.distributed backend: auto (gloo on CPU, nccl on GPU), gloo, nccl")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-dir", type=Path, default=None)
+    p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
+    p.add_argument("--predict-out", type=Path, default=None, help="write per-node predictions and embeddings (Parquet)")
+    p.add_argument("--predict-only", action="store_true", help="no training: inference from the latest checkpoint")
+    p.add_argument("--run-dir", type=Path, default=None, help="folder for the JSON-lines run log")
+    p.add_argument("--log-every", type=int, default=20)
+    p.add_argument("--metrics-port", default=str(DEFAULT_METRICS_PORT), help="base /metrics port, 0 disables, 'auto'")
+    p.add_argument("--metrics-addr", default="0.0.0.0")
+    p.add_argument("--job-id", default="distgnn")
+    return p
+
+
+def config_from_args(argv: list[str] | None = None) -> TrainConfig:
+    """The only place that turns command-line arguments into a TrainConfig."""
+    ns = build_parser().parse_args(argv)
+    return TrainConfig(
+        shards=ns.shards,
+        ip_config=ns.ip_config,
+        servers_per_host=ns.servers_per_host,
+        samplers=ns.samplers,
+        fanouts=parse_fanouts(ns.fanouts),
+        eval_fanouts=None if ns.eval_fanouts is None else parse_fanouts(ns.eval_fanouts),
+        batch_size=ns.batch_size,
+        hidden=ns.hidden,
+        dropout=ns.dropout,
+        epochs=ns.epochs,
+        lr=ns.lr,
+        weight_decay=ns.weight_decay,
+        optimizer=ns.optimizer,
+        feature_norm=ns.feature_norm,
+        warmup_epochs=ns.warmup_epochs,
+        clip_norm=ns.clip_norm,
+        eval_every=ns.eval_every,
+        patience=ns.patience,
+        precision=ns.precision,
+        backend=ns.backend,
+        seed=ns.seed,
+        checkpoint_dir=ns.checkpoint_dir,
+        resume=ns.resume,
+        predict_out=ns.predict_out,
+        predict_only=ns.predict_only,
+        run_dir=ns.run_dir,
+        log_every=ns.log_every,
+        metrics_port=parse_metrics_port(ns.metrics_port),
+        metrics_addr=ns.metrics_addr,
+        job_id=ns.job_id,
+    )

@@ -1,0 +1,230 @@
+"""The training loop: epochs of DDP steps, evaluation, early stopping, checkpoints, run log.
+
+The loop talks to monitoring only through `metrics` (a sink that may do nothing) and to the
+run log through `log`; it never asks whether either is switched on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+
+from distgnn.errors import InputError
+from distgnn.trainer import checkpoint as ckpt
+from distgnn.trainer import step as steps
+from distgnn.trainer.cluster import Cluster, GraphFacts, split_nodes
+from distgnn.trainer.config import TrainConfig
+from distgnn.trainer.model import GraphSAGE
+from distgnn.trainer.sampling import PartLocality, iterate_batches, make_loader
+
+PHASES = ("sample", "fetch", "forward", "backward", "optimizer")
+
+
+@dataclass
+class Progress:
+    """What survives an epoch and goes into a checkpoint besides the torch states."""
+
+    epoch: int = -1
+    """Last completed epoch."""
+    best_val: float = -1.0
+    best_test: float = -1.0
+    best_epoch: int = -1
+    evals_without_improvement: int = 0
+    best_model: dict | None = None
+    history: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class Trainer:
+    cfg: TrainConfig
+    facts: GraphFacts
+    cluster: Cluster
+    metrics: object
+    log: object
+    model: GraphSAGE = field(init=False)
+
+    def __post_init__(self) -> None:
+        c = self.cluster
+        torch.manual_seed(self.cfg.seed)  # identical initial weights on every rank
+        self.model = GraphSAGE(
+            in_dim=self.facts.feat_dim,
+            hidden=self.cfg.hidden,
+            num_classes=self.facts.num_classes,
+            num_layers=self.cfg.num_layers,
+            dropout=self.cfg.dropout,
+            feature_norm=self.cfg.feature_norm,
+        ).to(c.device)
+        torch.manual_seed(self.cfg.seed * 1000 + c.rank)  # per-rank dropout and shuffling
+        self.precision = steps.Precision.parse(self.cfg.precision, c.device)
+        self.ddp = steps.wrap_ddp(self.model, c.device)
+        self.optimizer = steps.make_optimizer(self.model, self.cfg.lr, self.cfg.weight_decay, self.cfg.optimizer)
+        self.scaler = steps.make_grad_scaler(self.precision, c.device)
+        self.locality = PartLocality(c.g)
+        self.train_nids = split_nodes(c.g, "train_mask")
+        self.val_nids = split_nodes(c.g, "val_mask")
+        self.test_nids = split_nodes(c.g, "test_mask")
+        self.train_loader = make_loader(c.g, self.train_nids, self.cfg.fanouts, self.cfg.batch_size, shuffle=True)
+        local_steps = math.ceil(len(self.train_nids) / self.cfg.batch_size)
+        # force_even splits make the counts equal already; agreeing on the minimum keeps DDP safe anyway.
+        self.steps_per_epoch = steps.agree_num_steps(local_steps)
+        total = max(1, self.steps_per_epoch * self.cfg.epochs)
+        warmup = min(total - 1, self.steps_per_epoch * self.cfg.warmup_epochs)
+        self.scheduler = steps.warmup_cosine(self.optimizer, warmup, total, self.cfg.min_lr_ratio)
+        self.progress = Progress()
+        self.feat_bytes = self.facts.feat_dim * 4
+        self.metrics.info(self.cfg.to_json())
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    def resume(self) -> None:
+        path = ckpt.latest_checkpoint(self.cfg.checkpoint_dir)
+        if path is None:
+            raise InputError(f"--resume: no complete checkpoint in {self.cfg.checkpoint_dir}")
+        flag = "--resume" if self.cfg.resume else "--predict-only"
+        state = ckpt.load_checkpoint(path, model_config=self.model.config(), flag=flag)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state["scaler"]:  # empty when the checkpoint was written without fp16
+            self.scaler.load_state_dict(state["scaler"])
+        p = state["progress"]
+        self.progress = Progress(**p)
+        rng = state["rng"]
+        ckpt.restore_rng_state(rng[self.cluster.rank % len(rng)])
+
+    def save(self) -> None:
+        # Every rank's RNG state travels to rank 0 so a resumed run continues each rank's stream.
+        rngs = [None] * self.cluster.world_size
+        dist.all_gather_object(rngs, ckpt.capture_rng_state())
+        if self.cluster.rank != 0 or self.cfg.checkpoint_dir is None:
+            return
+        ckpt.save_checkpoint(
+            self.cfg.checkpoint_dir,
+            self.progress.epoch,
+            {
+                "model": self.model.state_dict(),
+                "model_config": self.model.config(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "progress": self.progress.__dict__,
+                "rng": rngs,
+                "config": self.cfg.to_json(),
+            },
+        )
+
+    # -- training ----------------------------------------------------------------------------
+
+    def train_epoch(self, epoch: int) -> dict:
+        self.ddp.train()
+        c = self.cluster
+        batches = iterate_batches(c.g, self.train_loader, self.locality, feat_bytes_per_node=self.feat_bytes)
+        totals = dict.fromkeys(PHASES, 0.0)
+        loss_sum, seen, n = 0.0, 0, 0
+        t_epoch = time.perf_counter()
+        for i, batch in enumerate(batches):
+            if i >= self.steps_per_epoch:
+                break  # never more steps than the slowest rank: DDP would wait forever
+            layers, x, y = steps.move_batch(batch.layers, batch.x, batch.y, c.device)
+            result = steps.train_step(
+                self.ddp, self.optimizer, self.scaler, layers, x, y,
+                precision=self.precision, clip_norm=self.cfg.clip_norm,
+            )
+            self.scheduler.step()
+            t = result.timings
+            phases = {**batch.timings, "forward": t.forward_s, "backward": t.backward_s, "optimizer": t.optimizer_s}
+            for k in PHASES:
+                totals[k] += phases.get(k, 0.0)
+            n += 1
+            seen += len(batch.seeds)
+            loss_sum += result.loss
+            self.metrics.step(
+                phases=phases,
+                seeds=len(batch.seeds),
+                sampled_edges=batch.sampled_edges,
+                remote_bytes=batch.remote_bytes,
+                loss=result.loss,
+                lr=self.scheduler.get_last_lr()[0],
+                grad_norm=result.grad_norm,
+                loss_scale=result.loss_scale,
+            )
+            if self.cfg.log_every and n % self.cfg.log_every == 0:
+                self.log.step(epoch=epoch, step=n, loss=result.loss, seeds=seen,
+                              seconds=time.perf_counter() - t_epoch)
+        seconds = time.perf_counter() - t_epoch
+        if not math.isfinite(loss_sum):
+            raise FloatingPointError(f"epoch {epoch}: training loss is not finite ({loss_sum})")
+        return {
+            "loss": loss_sum / max(n, 1),
+            "seeds": seen,
+            "steps": n,
+            "seconds": seconds,
+            "seeds_per_s": seen / seconds if seconds > 0 else 0.0,
+            "phases": totals,
+        }
+
+    @torch.no_grad()
+    def accuracy(self, nids: torch.Tensor) -> float:
+        """Accuracy over every trainer's share of `nids`, reduced across ranks."""
+        c = self.cluster
+        self.model.eval()
+        fanouts = self.cfg.eval_fanouts or self.cfg.fanouts
+        loader = make_loader(c.g, nids, fanouts, self.cfg.batch_size, shuffle=False)
+        counts = torch.zeros(2, dtype=torch.float64)
+        for batch in iterate_batches(c.g, loader, self.locality, feat_bytes_per_node=self.feat_bytes):
+            layers, x, y = steps.move_batch(batch.layers, batch.x, batch.y, c.device)
+            correct, total = steps.evaluate_batch(self.model, layers, x, y, precision=self.precision)
+            counts += torch.tensor([correct, total], dtype=torch.float64)
+        dist.all_reduce(counts)
+        return float(counts[0] / counts[1]) if counts[1] > 0 else float("nan")
+
+    def evaluate(self, epoch: int) -> dict:
+        val = self.accuracy(self.val_nids)
+        test = self.accuracy(self.test_nids)
+        p = self.progress
+        if val > p.best_val:
+            p.best_val, p.best_test, p.best_epoch = val, test, epoch
+            p.evals_without_improvement = 0
+            p.best_model = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        else:
+            p.evals_without_improvement += 1
+        return {"val_acc": val, "test_acc": test}
+
+    def fit(self) -> Progress:
+        cfg = self.cfg
+        for epoch in range(self.progress.epoch + 1, cfg.epochs):
+            stats = self.train_epoch(epoch)
+            last = epoch == cfg.epochs - 1
+            if (epoch + 1) % cfg.eval_every == 0 or last:
+                stats.update(self.evaluate(epoch))
+            self.progress.epoch = epoch
+            record = {"epoch": epoch, **stats, "lr": self.scheduler.get_last_lr()[0]}
+            self.progress.history.append({k: v for k, v in record.items() if k != "phases"})
+            self.metrics.epoch_end(epoch=epoch, seconds=stats["seconds"], accuracies={
+                k.removesuffix("_acc"): v for k, v in stats.items() if k.endswith("_acc")
+            })
+            self.log.epoch(**record)
+            self.save()
+            if cfg.patience and self.progress.evals_without_improvement >= cfg.patience:
+                self.log.message(f"early stop after epoch {epoch}: val accuracy has not improved for "
+                                 f"{cfg.patience} evaluations (best {self.progress.best_val:.4f} at epoch "
+                                 f"{self.progress.best_epoch})")
+                break
+        return self.progress
+
+    def param_digest(self) -> str:
+        """sha256 of the trained parameters: equal on every rank when DDP kept them in sync."""
+        h = hashlib.sha256()
+        for name, tensor in sorted(self.model.state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+    def use_best_model(self) -> None:
+        if self.progress.best_model is not None:
+            self.model.load_state_dict(self.progress.best_model)

@@ -1,0 +1,193 @@
+"""GraphSAGE on plain edge-index tensors.
+
+This module must not import dgl: DGL from PyPI is CPU-only and cannot be
+installed next to the torch of a GPU machine, so the sampler hands over each
+sampled block as a `LayerGraph` (local edge ids and sizes) and everything from
+here on is ordinary PyTorch that runs the same on CPU and CUDA, under autocast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from distgnn.errors import InputError
+
+
+FEATURE_NORMS = ("none", "row")
+
+
+# eq=False: comparing tensor fields with == is elementwise, not a truth value.
+@dataclass(frozen=True, eq=False)
+class LayerGraph:
+    """One sampled message-passing layer (a DGL block) as local edge indices."""
+
+    src: torch.Tensor
+    """int64[E]: source of each edge, a local id in [0, num_src)."""
+    dst: torch.Tensor
+    """int64[E]: destination of each edge, a local id in [0, num_dst)."""
+    num_src: int
+    """Number of input nodes of the layer."""
+    num_dst: int
+    """Number of output nodes; they are the first num_dst input nodes."""
+
+    def __post_init__(self) -> None:
+        # Checked here, once per batch, so a wrong block fails with its sizes
+        # rather than as an index error deep inside index_add_.
+        for name in ("src", "dst"):
+            t = getattr(self, name)
+            if t.dim() != 1 or t.dtype != torch.int64:
+                raise ValueError(f"LayerGraph.{name} must be a 1-D int64 tensor, got {t.dtype} {tuple(t.shape)}")
+        if self.src.shape != self.dst.shape:
+            raise ValueError(f"LayerGraph src and dst differ in length: {self.src.numel()} vs {self.dst.numel()}")
+        if not 0 <= self.num_dst <= self.num_src:
+            raise ValueError(f"LayerGraph needs 0 <= num_dst <= num_src, got num_dst={self.num_dst} num_src={self.num_src}")
+
+    @property
+    def num_edges(self) -> int:
+        return int(self.src.numel())
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> LayerGraph:
+        return LayerGraph(
+            self.src.to(device, non_blocking=non_blocking),
+            self.dst.to(device, non_blocking=non_blocking),
+            self.num_src,
+            self.num_dst,
+        )
+
+    def state(self) -> dict[str, Any]:
+        """Plain tensors and ints, loadable with torch.load(weights_only=True)."""
+        return {"src": self.src, "dst": self.dst, "num_src": self.num_src, "num_dst": self.num_dst}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> LayerGraph:
+        return cls(state["src"], state["dst"], int(state["num_src"]), int(state["num_dst"]))
+
+
+def mean_aggregate(layer: LayerGraph, h_src: torch.Tensor) -> torch.Tensor:
+    """Mean of the incoming source rows per destination; zero for a destination without edges.
+
+    The sum runs in float32: index_add_ in bf16/fp16 loses the low bits of
+    high-degree sums and refuses a source whose dtype differs from the target's.
+    Casting before the gather keeps the backward's scatter-add in float32 too.
+    """
+    messages = h_src.float().index_select(0, layer.src)
+    total = torch.zeros(layer.num_dst, h_src.shape[1], dtype=torch.float32, device=h_src.device)
+    total = total.index_add(0, layer.dst, messages)
+    degree = torch.bincount(layer.dst, minlength=layer.num_dst).clamp_(min=1)
+    return (total / degree.unsqueeze(1).to(torch.float32)).to(h_src.dtype)
+
+
+class SAGELayer(nn.Module):
+    """GraphSAGE with mean aggregation, the computation of dgl.nn.SAGEConv(..., 'mean').
+
+    out = fc_self(h_dst) + fc_neigh(mean of h_src over in-edges); fc_self carries the bias.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.in_dim = in_dim
+        self.out_dim = out_dim
+        self.fc_self = nn.Linear(in_dim, out_dim, bias=True)
+        self.fc_neigh = nn.Linear(in_dim, out_dim, bias=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        gain = nn.init.calculate_gain("relu")
+        nn.init.xavier_uniform_(self.fc_self.weight, gain=gain)
+        nn.init.xavier_uniform_(self.fc_neigh.weight, gain=gain)
+        nn.init.zeros_(self.fc_self.bias)
+
+    def forward(self, layer: LayerGraph, h: torch.Tensor) -> torch.Tensor:
+        if h.shape[0] != layer.num_src:
+            raise ValueError(f"SAGELayer got {h.shape[0]} input rows for a layer with {layer.num_src} source nodes")
+        h_dst = h[: layer.num_dst]
+        # Aggregating after the projection moves E x out_dim numbers instead of
+        # E x in_dim, so project first whenever that is the narrower side.
+        if self.in_dim > self.out_dim:
+            h_neigh = mean_aggregate(layer, self.fc_neigh(h))
+        else:
+            h_neigh = self.fc_neigh(mean_aggregate(layer, h))
+        return self.fc_self(h_dst) + h_neigh
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """Shape of a GraphSAGE model; what a checkpoint must agree with to be resumed."""
+
+    in_dim: int
+    """Input feature width."""
+    hidden: int
+    """Width of every hidden layer."""
+    num_classes: int
+    """Number of output logits."""
+    num_layers: int
+    """Number of SAGE layers (= number of sampled blocks per batch)."""
+    dropout: float
+    """Dropout probability between layers."""
+    feature_norm: str = "none"
+    """'row': scale each input feature row to unit L1 norm (bag-of-words/TF-IDF inputs); 'none'."""
+
+    def __post_init__(self) -> None:
+        for name in ("in_dim", "hidden", "num_classes", "num_layers"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InputError(f"model: {name} must be a positive integer, got {value!r}")
+        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+            raise InputError(f"model: dropout must be in [0, 1), got {self.dropout!r}")
+        if self.feature_norm not in FEATURE_NORMS:
+            raise InputError(f"--feature-norm {self.feature_norm!r}: expected one of {', '.join(FEATURE_NORMS)}")
+
+    def layer_dims(self) -> list[tuple[int, int]]:
+        widths = [self.in_dim] + [self.hidden] * (self.num_layers - 1) + [self.num_classes]
+        return list(zip(widths[:-1], widths[1:]))
+
+
+class GraphSAGE(nn.Module):
+    """A stack of SAGELayers with ReLU and dropout between them."""
+
+    def __init__(
+        self, in_dim: int, hidden: int, num_classes: int, num_layers: int, dropout: float, feature_norm: str = "none"
+    ) -> None:
+        super().__init__()
+        self.cfg = ModelConfig(
+            in_dim=in_dim, hidden=hidden, num_classes=num_classes, num_layers=num_layers, dropout=float(dropout),
+            feature_norm=feature_norm,
+        )
+        self.layers = nn.ModuleList(SAGELayer(i, o) for i, o in self.cfg.layer_dims())
+        self.dropout = nn.Dropout(self.cfg.dropout)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> GraphSAGE:
+        return cls(**{f.name: config[f.name] for f in dataclasses.fields(ModelConfig)})
+
+    def config(self) -> dict[str, Any]:
+        """Plain dict (in_dim, hidden, num_classes, num_layers, dropout) stored in checkpoints."""
+        return dataclasses.asdict(self.cfg)
+
+    @property
+    def num_layers(self) -> int:
+        return self.cfg.num_layers
+
+    def forward(self, layers: list[LayerGraph], x: torch.Tensor) -> torch.Tensor:
+        if len(layers) != self.num_layers:
+            raise ValueError(f"GraphSAGE has {self.num_layers} layers but got {len(layers)} sampled blocks")
+        h = x
+        for i, layer in enumerate(layers):
+            h = self.forward_layer(i, layer, h)
+        return h
+
+    def forward_layer(self, i: int, layer: LayerGraph, h: torch.Tensor) -> torch.Tensor:
+        """Layer i alone, for layer-wise full-neighbour inference; activation on all but the last."""
+        if i == 0 and self.cfg.feature_norm == "row":
+            # Normalised here, not in the data: training, evaluation and inference all see it.
+            h = h / h.abs().sum(dim=1, keepdim=True).clamp_min(1e-12)
+        h = self.layers[i](layer, h)
+        if i != self.num_layers - 1:
+            h = self.dropout(F.relu(h))
+        return h

@@ -1,0 +1,70 @@
+"""One trainer's whole run: check, connect, train, evaluate, predict."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import torch.distributed as dist
+
+from distgnn.errors import InputError
+from distgnn.trainer.cluster import check_inputs, connect, pick_device
+from distgnn.trainer.config import TrainConfig
+from distgnn.trainer.step import Precision
+
+
+def _world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def check_checkpoint(cfg: TrainConfig, facts) -> None:
+    """Refuse a missing or incompatible checkpoint before connecting to anything."""
+    from distgnn.trainer.checkpoint import latest_checkpoint, load_checkpoint
+    from distgnn.trainer.model import ModelConfig
+
+    flag = "--resume" if cfg.resume else "--predict-only"
+    path = latest_checkpoint(cfg.checkpoint_dir)
+    if path is None:
+        raise InputError(f"{flag}: no complete checkpoint in {cfg.checkpoint_dir}")
+    expected = ModelConfig(
+        in_dim=facts.feat_dim, hidden=cfg.hidden, num_classes=facts.num_classes,
+        num_layers=cfg.num_layers, dropout=float(cfg.dropout), feature_norm=cfg.feature_norm,
+    )
+    load_checkpoint(path, model_config=dataclasses.asdict(expected), flag=flag)
+
+
+def run(cfg: TrainConfig) -> None:
+    from distgnn import metrics, runlog
+    from distgnn.trainer import inference
+    from distgnn.trainer.loop import Trainer
+
+    facts = check_inputs(cfg, _world_size())
+    device, _ = pick_device(cfg.backend)
+    Precision.parse(cfg.precision, device)  # fp16 on CPU fails here, before any connection
+    if cfg.resume or cfg.predict_only:
+        check_checkpoint(cfg, facts)
+
+    cluster = connect(cfg, facts)
+    host_index = int(os.environ.get("GROUP_RANK", "0"))  # torchrun's node rank = the host's ip_config line
+    host = facts.hosts[host_index]
+    sink = metrics.trainer_metrics(
+        cfg.metrics_port, cfg.metrics_addr, job=cfg.job_id, host=host, rank=cluster.rank,
+        local_rank=cluster.local_rank, servers_per_host=cfg.servers_per_host, part=host_index,
+    )
+    log = runlog.open_run_log(cfg.run_dir, rank=cluster.rank, echo=cluster.rank == 0, host=host, job_id=cfg.job_id)
+    trainer = Trainer(cfg=cfg, facts=facts, cluster=cluster, metrics=sink, log=log)
+    if cfg.resume or cfg.predict_only:
+        trainer.resume()
+    if not cfg.predict_only:
+        progress = trainer.fit()
+        log.summary(
+            best_epoch=progress.best_epoch, best_val_acc=progress.best_val, test_acc=progress.best_test,
+            epochs=progress.epoch + 1, param_digest=trainer.param_digest(),
+        )
+    trainer.use_best_model()
+    if cfg.predict_out is not None:
+        result = inference.layerwise_inference(cluster, trainer.model, batch_size=cfg.batch_size, job_id=cfg.job_id)
+        path = inference.write_predictions(cluster, result, cfg.predict_out)
+        log.message(f"predictions written to {path}")
+    dist.barrier()
+    log.close()

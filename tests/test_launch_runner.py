@@ -1,0 +1,414 @@
+"""The launcher with real processes: the real `launch` CLI, real torchrun, a tiny worker
+(tests/launch_worker.py) as graph server and trainer; locally and over ssh into emulated hosts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from distgnn.graph.data import GraphData
+from distgnn.ip_config import HostEntry
+from distgnn.launcher.config import LaunchConfig
+from distgnn.launcher.plan import plan_run
+from distgnn.launcher.run import stage_files
+from distgnn.partition.run import PartitionConfig
+from distgnn.partition.run import run as partition
+
+TESTS = Path(__file__).resolve().parent
+PY = sys.executable
+LAUNCH = [PY, "-m", "distgnn.launcher.cli"]
+RUN_TIMEOUT_S = 120
+LITERAL = ["--print", "a b", "--name", ";$(touch /tmp/pwned)|&`id`'\"\\ *"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_shards(folder: Path, parts: int) -> Path:
+    n = 40
+    src = np.arange(n, dtype=np.int64)
+    ring = GraphData(name="ring", num_nodes=n, src=src, dst=(src + 1) % n)
+    config = PartitionConfig(graph="ring", num_parts=parts, out=folder, method="random", quiet=True)
+    partition(config, load=lambda _spec: ring)
+    return folder
+
+
+def launch_argv(hosts: Path, shards: Path, workspace: Path, *extra: str, train: list[str]) -> list[str]:
+    return [
+        *LAUNCH, "--hosts", str(hosts), "--shards", str(shards), "--workspace", str(workspace),
+        "--master-port", str(free_port()), "--metrics-port", "0",
+        "--server-module", "launch_worker", "--trainer-module", "launch_worker",
+        "--env", f"PYTHONPATH={TESTS}", "--stop-grace", "5", "--server-linger", "5",
+        *extra, "--", "train", *train,
+    ]  # fmt: skip
+
+
+def run_launch(argv: list[str], timeout: float = RUN_TIMEOUT_S) -> tuple[subprocess.CompletedProcess, float]:
+    start = time.monotonic()
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    return done, time.monotonic() - start
+
+
+def only_run(workspace: Path) -> Path:
+    (run,) = (workspace / "runs").iterdir()
+    return run
+
+
+def leftovers(run: Path) -> list[str]:
+    """Processes of the run still alive: every argv of a run names its run folder (--ip-config)."""
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if any(str(run) in part for part in cmdline) and proc.info["pid"] != os.getpid():
+            found.append(f"{proc.info['pid']}: {' '.join(cmdline)[:200]}")
+    return found
+
+
+def wait_gone(run: Path, timeout: float = 10.0) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while (left := leftovers(run)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left
+
+
+def args_lines(stdout: str) -> list[dict]:
+    return [json.loads(line.split("ARGS ", 1)[1]) for line in stdout.splitlines() if "ARGS " in line]
+
+
+def port_free(address: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((address, port))
+        except OSError:
+            return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> dict[int, Path]:
+    # A space in every path: paths are passed as argv items, never through a shell.
+    root = tmp_path_factory.mktemp("shards") / "with space"
+    root.mkdir()
+    return {n: make_shards(root / f"s{n}", n) for n in (1, 2)}
+
+
+def local_hosts(tmp_path: Path) -> tuple[Path, int]:
+    port = free_port()
+    hosts = tmp_path / "ip config.txt"
+    hosts.write_text(f"127.0.0.1 {port}\n")
+    return hosts, port
+
+
+# -- local host ----------------------------------------------------------------------
+
+
+def test_local_run_streams_logs_and_passes_arguments_literally(tmp_path, shards):
+    hosts, port = local_hosts(tmp_path)
+    workspace = tmp_path / "work space"
+    argv = launch_argv(hosts, shards[1], workspace, "--env", "WORKER_ECHO=x y;$(id)|&", train=LITERAL)
+    done, _ = run_launch(argv)
+    assert done.returncode == 0, done.stderr
+    run = only_run(workspace)
+    (info,) = args_lines(done.stdout)
+    assert info["argv"][-4:] == LITERAL and info["echo"] == "x y;$(id)|&"
+    assert "[127.0.0.1 trainer 0] a b" in done.stdout
+    assert "[127.0.0.1 server 0] server 0 done" in done.stdout
+    assert "a b\n" in (run / "logs" / "127.0.0.1-trainer-0.log").read_text()
+    assert "server 0 done" in (run / "logs" / "127.0.0.1-server-0.log").read_text()
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "succeeded" and status["failures"] == []
+    assert json.loads((run / "plan.json").read_text())["job_id"] == run.name
+    assert not Path("/tmp/pwned").exists()
+    assert wait_gone(run) == [] and port_free("127.0.0.1", port)
+
+
+def test_local_failure_is_root_cause_and_stops_the_rest(tmp_path, shards):
+    hosts, port = local_hosts(tmp_path)
+    workspace = tmp_path / "ws"
+    # The server fails; the trainer would otherwise sleep for a minute.
+    argv = launch_argv(hosts, shards[1], workspace, "--env", "WORKER_SERVER_FAIL=0=7", train=["--sleep", "60"])
+    done, took = run_launch(argv)
+    assert done.returncode == 1, done.stderr
+    assert took < 40
+    assert "root cause: host 127.0.0.1 server rank 0: exit code 7" in done.stderr
+    assert "  | server 0 failing on purpose" in done.stderr
+    run = only_run(workspace)
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "failed" and status["failures"][0]["exit_code"] == 7
+    assert len(status["failures"]) == 1  # the trainer was stopped by us, not a failure
+    assert wait_gone(run) == [] and port_free("127.0.0.1", port)
+
+
+def test_ctrl_c_to_launch_tears_everything_down(tmp_path, shards):
+    hosts, port = local_hosts(tmp_path)
+    workspace = tmp_path / "ws"
+    argv = launch_argv(hosts, shards[1], workspace, train=["--sleep", "60"])
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        for line in proc.stdout:
+            if "ARGS " in line or time.monotonic() > deadline:
+                break
+        start = time.monotonic()
+        proc.send_signal(signal.SIGINT)  # Ctrl-C; the ssh test below sends SIGTERM
+        _, err = proc.communicate(timeout=30)
+        assert time.monotonic() - start < 30
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+    assert proc.returncode == 130, err
+    run = only_run(workspace)
+    assert json.loads((run / "status.json").read_text())["status"] == "interrupted"
+    assert wait_gone(run) == [] and port_free("127.0.0.1", port)
+
+
+def test_port_in_use_is_refused_before_anything_starts(tmp_path, shards):
+    hosts, port = local_hosts(tmp_path)
+    with socket.create_server(("127.0.0.1", port)):
+        done, _ = run_launch(launch_argv(hosts, shards[1], tmp_path / "ws", train=[]))
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"launch: error: host 127.0.0.1 ({hosts} line 1): port {port} (server) is already in use"
+    ]
+    assert not (tmp_path / "ws" / "runs").exists()
+
+
+def test_gpus_per_host_beyond_the_host_is_refused(tmp_path, shards):
+    hosts, _ = local_hosts(tmp_path)
+    done, _ = run_launch(launch_argv(hosts, shards[1], tmp_path / "ws", "--gpus-per-host", "64", train=[]))
+    assert done.returncode == 2
+    assert f"launch: error: --gpus-per-host 64: host 127.0.0.1 ({hosts} line 1) has" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "ws" / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("missing", "ip_config file not found"),
+        ("malformed", "ip.txt:2: port 'x' is not an integer"),
+        ("parts", "the manifest has 2 part(s) but --hosts"),
+        ("twice", "is the same machine as line 1"),
+        ("env", "--env 'NOEQUALS': expected NAME=VALUE"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, shards, case, message):
+    hosts = tmp_path / "ip.txt"
+    hosts.write_text({"malformed": "127.0.0.1 40000\n127.0.0.2 x\n", "twice": "127.0.0.1 40000\n127.0.0.2 40000\n"}
+                     .get(case, "127.0.0.1 40000\n"))
+    if case == "missing":
+        hosts.unlink()
+    extra = ["--env", "NOEQUALS"] if case == "env" else []
+    done, _ = run_launch(launch_argv(hosts, shards[2 if case == "parts" else 1], tmp_path / "ws", *extra, train=[]))
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("launch: error: ") and message in lines[0], done.stderr
+
+
+def test_staging_gives_each_host_only_its_own_part(tmp_path, shards):
+    cfg = LaunchConfig(hosts_file=tmp_path / "ip.txt", shards=shards[2], train_args=[], python=PY,
+                       workspace=tmp_path, stage_shards=True)
+    hosts = [HostEntry("10.9.0.1", 30050, 1), HostEntry("10.9.0.2", 30050, 2)]
+    plan = plan_run(cfg, hosts, local={"10.9.0.1"}, run_dir=tmp_path / "run", job_id="j", num_parts=2)
+    assert stage_files(plan, 0) == [(shards[2] / "manifest.json", "shards/manifest.json"),
+                                    (shards[2] / "part-00000", "shards/part-00000")]
+    assert stage_files(plan, 1) == [(tmp_path / "run" / "ip_config.txt", "ip_config.txt"),
+                                    (shards[2] / "manifest.json", "shards/manifest.json"),
+                                    (shards[2] / "part-00001", "shards/part-00001")]
+
+
+# -- remote_exec: what stops a remote process when its ssh connection goes -------------
+
+
+@pytest.mark.parametrize("how", ["stdin-eof", "sigterm"])
+def test_remote_exec_stops_the_whole_group(tmp_path, how):
+    marker = tmp_path / "pids"
+    script = f"sleep 60 & echo $! > '{marker}'; sleep 60"
+    proc = subprocess.Popen([PY, "-m", "distgnn.launcher.remote_exec", "--grace", "2", "--", "sh", "-c", script],
+                            stdin=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while not (marker.exists() and marker.read_text().strip()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        group = [*psutil.Process(proc.pid).children(), psutil.Process(int(marker.read_text()))]
+        if how == "stdin-eof":
+            proc.stdin.close()
+        else:
+            proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 128 + signal.SIGTERM
+        gone, alive = psutil.wait_procs(group, timeout=5)
+        assert alive == []
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+# -- remote hosts: real sshd per emulated host (network namespaces, needs root) ---------
+
+
+@pytest.fixture(scope="module")
+def emu():
+    from distgnn.emulation import EmulatedHosts
+
+    if os.geteuid() != 0:
+        pytest.fail("the ssh launcher tests need root (network namespaces, sshd); CI runs as root")
+    with EmulatedHosts(2, sshd=True) as hosts:
+        yield hosts
+
+
+def emu_hosts(tmp_path: Path, emu, addresses: list[str] | None = None) -> tuple[Path, int]:
+    port = free_port()
+    hosts = tmp_path / "ip.txt"
+    hosts.write_text("".join(f"{a} {port}\n" for a in addresses or [h.address for h in emu.hosts]))
+    return hosts, port
+
+
+def ssh_flags(options: list[str]) -> list[str]:
+    return [f"--ssh-option={opt}" for opt in options]
+
+
+@pytest.mark.netns
+def test_ssh_run_on_two_hosts_with_staged_shards(tmp_path, shards, emu):
+    hosts, _ = emu_hosts(tmp_path, emu)
+    workspace = tmp_path / "work space"
+    argv = launch_argv(hosts, shards[2], workspace, "--stage-shards", "--env", "WORKER_ECHO=$(id) ;|&",
+                       *ssh_flags(emu.ssh_options()), train=LITERAL)
+    done, _ = run_launch(argv)
+    assert done.returncode == 0, done.stderr
+    run = only_run(workspace)
+    infos = sorted(args_lines(done.stdout), key=lambda i: i["rank"])
+    assert [i["rank"] for i in infos] == [0, 1] and all(i["world"] == 2 for i in infos)
+    for info in infos:
+        assert info["argv"][-4:] == LITERAL and info["echo"] == "$(id) ;|&"
+        assert info["argv"][info["argv"].index("--shards") + 1] == str(run / "shards")
+    for i, host in enumerate(emu.hosts):
+        assert f"[{host.address} server {i}] server {i} done" in done.stdout
+        assert (run / "logs" / f"{host.address}-trainer-{i}.log").read_text().count("ARGS ") == 1
+    assert (run / "shards" / "part-00001" / "part.json").exists()
+    assert wait_gone(run) == []
+
+
+@pytest.mark.netns
+def test_ssh_first_failure_stops_all_hosts_and_is_root_cause(tmp_path, shards, emu):
+    hosts, port = emu_hosts(tmp_path, emu)
+    workspace = tmp_path / "ws"
+    argv = launch_argv(hosts, shards[2], workspace, "--env", "WORKER_SERVER_FAIL=1=7",
+                       *ssh_flags(emu.ssh_options()), train=["--sleep", "60"])
+    done, took = run_launch(argv)
+    assert done.returncode == 1, done.stderr
+    assert took < 45
+    h1 = emu.hosts[1].address
+    assert f"root cause: host {h1} server rank 1: exit code 7" in done.stderr
+    assert "  | server 1 failing on purpose" in done.stderr
+    run = only_run(workspace)
+    assert wait_gone(run) == []
+    status = json.loads((run / "status.json").read_text())
+    assert status["failures"][0]["host"] == h1 and status["failures"][0]["role"] == "server"
+
+
+@pytest.mark.netns
+def test_ssh_sigterm_leaves_nothing_on_any_host(tmp_path, shards, emu):
+    hosts, port = emu_hosts(tmp_path, emu)
+    workspace = tmp_path / "ws"
+    argv = launch_argv(hosts, shards[2], workspace, *ssh_flags(emu.ssh_options()), train=["--sleep", "60"])
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        seen = 0
+        for line in proc.stdout:
+            seen += "ARGS " in line
+            if seen == 2:
+                break
+        start = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+        assert time.monotonic() - start < 30
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+    assert proc.returncode == 143, err
+    run = only_run(workspace)
+    assert wait_gone(run) == []
+    for i, host in enumerate(emu.hosts):
+        probe = emu.run(i, [PY, "-m", "distgnn.launcher.probe", "--address", host.address, "--port", str(port)],
+                        timeout=30)
+        assert json.loads(probe.stdout)["busy"] == []
+
+
+@pytest.mark.netns
+def test_ssh_unknown_host_key_is_refused(tmp_path, shards, emu):
+    hosts, _ = emu_hosts(tmp_path, emu)
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    options = ["-F", "none", "-i", str(emu.client_key), "-o", "IdentitiesOnly=yes",
+               "-o", f"UserKnownHostsFile={empty}", "-o", "GlobalKnownHostsFile=/dev/null"]
+    done, _ = run_launch(launch_argv(hosts, shards[2], tmp_path / "ws", *ssh_flags(options), train=[]))
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith(f"launch: error: host {emu.hosts[0].address} (")
+    assert "unknown or changed SSH host key" in line
+
+
+@pytest.mark.netns
+def test_ssh_unreachable_host_fails_fast_naming_it(tmp_path, shards, emu):
+    nobody = emu.hosts[1].address.rsplit(".", 1)[0] + ".250"  # in the emulated subnet, nothing there
+    hosts, _ = emu_hosts(tmp_path, emu, [emu.hosts[0].address, nobody])
+    done, took = run_launch(launch_argv(hosts, shards[2], tmp_path / "ws", "--connect-timeout", "5",
+                                        *ssh_flags(emu.ssh_options()), train=[]))
+    assert done.returncode == 2 and took < 30
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith(f"launch: error: host {nobody} (") and "unreachable over ssh" in line
+
+
+@pytest.mark.netns
+def test_ssh_port_in_use_on_a_remote_host_is_refused(tmp_path, shards, emu):
+    hosts, port = emu_hosts(tmp_path, emu)
+    h1 = emu.hosts[1].address
+    holder = emu.popen(1, [PY, "-c", f"import socket,time; s=socket.create_server(('{h1}', {port})); "
+                                     "print('up', flush=True); time.sleep(60)"], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline().strip() == b"up"
+        done, _ = run_launch(launch_argv(hosts, shards[2], tmp_path / "ws", *ssh_flags(emu.ssh_options()), train=[]))
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"launch: error: host {h1} ({hosts} line 2): port {port} (server) is already in use"
+    ]
+
+
+def test_dry_run_prints_the_plan_and_starts_nothing(tmp_path, shards, capsys):
+    from distgnn.launcher.cli import main
+
+    hosts, port = local_hosts(tmp_path)
+    common = ["--hosts", str(hosts), "--shards", str(shards[1]), "--workspace", str(tmp_path / "ws")]
+    assert main([*common, "--dry-run", "--", "train", "--lr", "a b"]) == 0
+    text = capsys.readouterr().out
+    assert "host 0 127.0.0.1 (local)" in text and "--lr 'a b'" in text and f"{port}" in text
+    assert main([*common, "--dry-run=json", "--gpus-per-host", "2", "--", "train"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["gpus_per_host"] == 2 and data["processes"][1]["env"]["CUDA_VISIBLE_DEVICES"] == "0,1"
+    assert not (tmp_path / "ws").exists()
+
+
+def test_failing_trainer_names_torchrun_root_cause(tmp_path, shards):
+    hosts, port = local_hosts(tmp_path)
+    workspace = tmp_path / "ws"
+    done, took = run_launch(launch_argv(hosts, shards[1], workspace, train=["--fail-rank", "0", "--fail-code", "9"]))
+    assert done.returncode == 1 and took < 40, done.stderr
+    assert "root cause: host 127.0.0.1 trainer rank 0: exit code 1 (trainer global rank 0 exit code 9)" in done.stderr
+    assert wait_gone(only_run(workspace)) == [] and port_free("127.0.0.1", port)

@@ -1,0 +1,168 @@
+"""GraphSAGE on edge-index tensors against DGL's own SAGEConv, on blocks built by DGL."""
+
+import subprocess
+import sys
+
+import dgl
+import pytest
+import torch
+from dgl.nn import SAGEConv
+
+from distgnn.errors import InputError
+from distgnn.trainer.model import GraphSAGE, LayerGraph, SAGELayer, mean_aggregate
+
+
+def random_block(num_nodes=60, num_edges=400, num_dst=12, seed=0):
+    """A DGL block with num_dst seeds: the last has no in-edges, the one before exactly one."""
+    gen = torch.Generator().manual_seed(seed)
+    src = torch.randint(0, num_nodes, (num_edges,), generator=gen)
+    dst = torch.randint(0, num_nodes, (num_edges,), generator=gen)
+    seeds = torch.randperm(num_nodes, generator=gen)[:num_dst]
+    keep = (dst != seeds[-1]) & (dst != seeds[-2])
+    src = torch.cat([src[keep], seeds[:1]])
+    dst = torch.cat([dst[keep], seeds[-2:-1]])
+    g = dgl.graph((src, dst), num_nodes=num_nodes)
+    # to_block wants a frontier: only the in-edges of the seeds.
+    block = dgl.to_block(dgl.in_subgraph(g, seeds), dst_nodes=seeds)
+    assert block.in_degrees()[num_dst - 2:].tolist() == [1, 0]
+    assert block.in_degrees().max() > 3
+    return block
+
+
+def layer_of(block) -> LayerGraph:
+    src, dst = block.edges()
+    return LayerGraph(src.long(), dst.long(), block.num_src_nodes(), block.num_dst_nodes())
+
+
+def dgl_conv_like(layer: SAGELayer) -> SAGEConv:
+    conv = SAGEConv(layer.in_dim, layer.out_dim, "mean")
+    with torch.no_grad():
+        conv.fc_self.weight.copy_(layer.fc_self.weight)
+        conv.fc_self.bias.copy_(torch.randn_like(conv.fc_self.bias))
+        layer.fc_self.bias.copy_(conv.fc_self.bias)
+        conv.fc_neigh.weight.copy_(layer.fc_neigh.weight)
+    return conv
+
+
+@pytest.mark.parametrize("in_dim,out_dim", [(32, 8), (8, 32), (16, 16)])
+def test_sage_layer_matches_dgl_sageconv(in_dim, out_dim):
+    torch.manual_seed(1)
+    block = random_block()
+    layer = SAGELayer(in_dim, out_dim)
+    conv = dgl_conv_like(layer)
+    h = torch.randn(block.num_src_nodes(), in_dim)
+    ours = layer(layer_of(block), h)
+    theirs = conv(block, h)
+    assert ours.shape == (block.num_dst_nodes(), out_dim)
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
+def test_isolated_destination_gets_only_its_own_term():
+    block = random_block()
+    lg = layer_of(block)
+    h = torch.randn(lg.num_src, 4)
+    agg = mean_aggregate(lg, h)
+    assert torch.equal(agg[-1], torch.zeros(4))
+    # a destination with edges gets the mean of exactly its sources
+    d = int(lg.dst[0])
+    torch.testing.assert_close(agg[d], h[lg.src[lg.dst == d]].mean(0))
+
+
+def test_graphsage_matches_stacked_dgl_convs_on_sampled_blocks():
+    torch.manual_seed(2)
+    gen = torch.Generator().manual_seed(3)
+    # ~2 in-edges per node on average: many destinations have fewer than the fanout, some none
+    g = dgl.graph((torch.randint(0, 200, (400,), generator=gen), torch.randint(0, 200, (400,), generator=gen)))
+    seeds = torch.arange(0, 200, 9)
+    blocks = []
+    for fanout in (5, 3):  # output layer first, as a sampler builds them
+        frontier = dgl.sampling.sample_neighbors(g, seeds, fanout)
+        block = dgl.to_block(frontier, dst_nodes=seeds)
+        seeds = block.srcdata[dgl.NID]
+        blocks.insert(0, block)
+    model = GraphSAGE(48, 16, 5, 2, dropout=0.5).eval()
+    convs = [dgl_conv_like(layer) for layer in model.layers]
+    x = torch.randn(blocks[0].num_src_nodes(), 48)
+    ours = model([layer_of(b) for b in blocks], x)
+    h = torch.relu(convs[0](blocks[0], x))
+    theirs = convs[1](blocks[1], h)
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
+def test_forward_layer_with_full_neighbourhoods_equals_forward():
+    torch.manual_seed(4)
+    gen = torch.Generator().manual_seed(5)
+    n = 50
+    full = LayerGraph(torch.randint(0, n, (300,), generator=gen), torch.randint(0, n, (300,), generator=gen), n, n)
+    model = GraphSAGE(6, 10, 3, 3, dropout=0.3).eval()
+    x = torch.randn(n, 6)
+    h = x
+    for i in range(model.num_layers):
+        h = model.forward_layer(i, full, h)
+    torch.testing.assert_close(h, model([full] * 3, x))
+    assert h.shape == (n, 3)
+
+
+def test_bf16_autocast_aggregates_in_float32_and_returns_input_dtype():
+    block = random_block()
+    lg = layer_of(block)
+    h = torch.randn(lg.num_src, 8).to(torch.bfloat16)
+    agg = mean_aggregate(lg, h)
+    assert agg.dtype == torch.bfloat16
+    exact = mean_aggregate(lg, h.float())
+    torch.testing.assert_close(agg.float(), exact, atol=1e-2, rtol=1e-2)
+    model = GraphSAGE(8, 16, 4, 2, dropout=0.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        top = LayerGraph(torch.arange(lg.num_dst), torch.arange(lg.num_dst) % 5, lg.num_dst, 5)
+        out = model([lg, top], h.float())
+    assert out.shape == (5, 4)
+    assert torch.isfinite(out).all()
+
+
+def test_high_degree_bf16_mean_is_exact():
+    # 257 is not a bf16 number (8-bit significand): a sum kept in bf16 becomes 256 and the
+    # mean 0.996; summed and divided in float32 the mean is exactly 1.
+    lg = LayerGraph(torch.arange(1, 258), torch.zeros(257, dtype=torch.int64), 258, 1)
+    h = torch.ones(258, 2, dtype=torch.bfloat16, requires_grad=True)
+    agg = mean_aggregate(lg, h)
+    assert agg.dtype == torch.bfloat16
+    assert agg.float().tolist() == [[1.0, 1.0]]
+    agg.float().sum().backward()
+    assert h.grad.dtype == torch.bfloat16
+    assert torch.equal(h.grad[1:].float(), torch.full((257, 2), 1 / 257).bfloat16().float())
+
+
+def test_config_round_trip_and_validation():
+    model = GraphSAGE(8, 16, 4, 2, dropout=0.25)
+    cfg = model.config()
+    assert cfg == {"in_dim": 8, "hidden": 16, "num_classes": 4, "num_layers": 2, "dropout": 0.25}
+    clone = GraphSAGE.from_config(cfg)
+    assert clone.config() == cfg
+    assert [tuple(p.shape) for p in clone.parameters()] == [tuple(p.shape) for p in model.parameters()]
+    with pytest.raises(InputError, match="num_layers"):
+        GraphSAGE(8, 16, 4, 0, dropout=0.1)
+    with pytest.raises(InputError, match="dropout"):
+        GraphSAGE(8, 16, 4, 2, dropout=1.0)
+
+
+def test_layer_graph_rejects_bad_tensors_and_sizes():
+    with pytest.raises(ValueError, match="int64"):
+        LayerGraph(torch.tensor([0], dtype=torch.int32), torch.tensor([0]), 1, 1)
+    with pytest.raises(ValueError, match="length"):
+        LayerGraph(torch.tensor([0, 1]), torch.tensor([0]), 2, 1)
+    with pytest.raises(ValueError, match="num_dst"):
+        LayerGraph(torch.tensor([0]), torch.tensor([0]), 1, 2)
+    lg = LayerGraph(torch.tensor([1, 2]), torch.tensor([0, 0]), 3, 1)
+    assert LayerGraph.from_state(lg.state()).num_src == 3
+    with pytest.raises(ValueError, match="source nodes"):
+        SAGELayer(4, 4)(lg, torch.randn(5, 4))
+
+
+def test_compute_modules_do_not_import_dgl():
+    code = (
+        "import sys; import distgnn.trainer.model, distgnn.trainer.step, distgnn.trainer.checkpoint; "
+        "loaded = sorted(m for m in sys.modules if m == 'dgl' or m.startswith('dgl.')); "
+        "assert not loaded, loaded"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr

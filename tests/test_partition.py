@@ -1,0 +1,208 @@
+"""Partitioning core: METIS input graph, constraints, assignment, layout, atomic output."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from distgnn.partition import layout as plan
+from distgnn.partition import shards
+from distgnn.partition.metis import MetisOptions, part_kway
+from distgnn.partition.run import PartitionConfig, run
+from partition_graphs import pubmed, random_graph
+
+
+def _partition(graph, out: Path, **kw) -> dict:
+    config = PartitionConfig(graph="in-memory", out=out, quiet=True, **{"num_parts": 3, **kw})
+    return run(config, load=lambda _spec: graph)
+
+
+def _leftovers(parent: Path) -> list[str]:
+    return sorted(p.name for p in parent.iterdir() if ".partial-" in p.name or ".old-" in p.name)
+
+
+# ---------------------------------------------------------------- METIS input
+
+
+def test_symmetric_csr_is_undirected_deduplicated_and_loop_free():
+    g = random_graph(num_nodes=50, num_edges=400, seed=1)
+    indptr, indices = plan.symmetric_csr(g.src, g.dst, g.num_nodes)
+    expected = {(int(s), int(d)) for s, d in zip(g.src, g.dst) if s != d}
+    expected |= {(d, s) for s, d in expected}
+    got = [(row, int(c)) for row in range(g.num_nodes) for c in indices[indptr[row]:indptr[row + 1]]]
+    assert len(got) == len(set(got)), "duplicate adjacency entries"
+    assert set(got) == expected
+    assert indptr.dtype == np.int64 and indices.dtype == np.int64
+    assert indptr[0] == 0 and indptr[-1] == indices.shape[0]
+
+
+def test_symmetric_csr_keeps_isolated_nodes_and_handles_no_edges():
+    indptr, indices = plan.symmetric_csr(np.array([0, 2], np.int64), np.array([2, 2], np.int64), 5)
+    assert indptr.tolist() == [0, 1, 1, 2, 2, 2]
+    assert indices.tolist() == [2, 0]
+    indptr, indices = plan.symmetric_csr(np.zeros(0, np.int64), np.zeros(0, np.int64), 3)
+    assert indptr.tolist() == [0, 0, 0, 0] and indices.size == 0
+
+
+def test_vertex_weights_follow_distdgl_train_columns_and_in_degree():
+    g = random_graph(num_nodes=40, num_edges=200, seed=2)
+    vwgt, names = plan.vertex_weights(g)
+    assert names == ["train_nodes", "other_nodes", "in_edges"]
+    train = g.masks["train_mask"]
+    assert vwgt[:, 0].tolist() == train.astype(int).tolist()
+    assert vwgt[:, 1].tolist() == (~train).astype(int).tolist()
+    assert vwgt[:, 2].tolist() == np.bincount(g.dst, minlength=40).tolist()
+    no_masks = random_graph(num_nodes=40, num_edges=0, seed=2, masks=False)
+    vwgt, names = plan.vertex_weights(no_masks)
+    assert names == ["nodes"] and vwgt.shape == (40, 1)  # zero-total degree column dropped
+
+
+def _two_cliques():
+    adj = [[b for b in range(4) if b != a] for a in range(4)] + [[b for b in range(4, 8) if b != a] for a in range(4, 8)]
+    adj[3].append(4)
+    adj[4].append(3)
+    indptr = np.cumsum([0] + [len(a) for a in adj]).astype(np.int64)
+    return indptr, np.concatenate(adj).astype(np.int64)
+
+
+def test_metis_honours_every_balance_constraint():
+    indptr, indices = _two_cliques()
+    part, cut = part_kway(indptr, indices, 2, None, MetisOptions())
+    assert cut == 1 and len(set(part[:4])) == 1 and len(set(part[4:])) == 1
+    # A second constraint that only nodes 0 and 1 carry forces them apart, which the
+    # single-constraint cut would never do (pymetis.part_graph drops it silently).
+    second = np.array([1, 1, 0, 0, 0, 0, 0, 0], dtype=np.int64)
+    vwgt = np.stack([np.ones(8, dtype=np.int64), second], axis=1)
+    part, cut = part_kway(indptr, indices, 2, vwgt, MetisOptions())
+    assert part[0] != part[1]
+    assert cut > 1
+
+
+def test_metis_is_deterministic_under_seed():
+    g = pubmed()
+    indptr, indices = plan.symmetric_csr(g.src, g.dst, g.num_nodes)
+    vwgt, _ = plan.vertex_weights(g)
+    a, _ = part_kway(indptr, indices, 4, vwgt, MetisOptions(seed=7))
+    b, _ = part_kway(indptr, indices, 4, vwgt, MetisOptions(seed=7))
+    assert np.array_equal(a, b)
+    assert set(np.unique(a)) == {0, 1, 2, 3}
+
+
+def test_random_assignment_is_balanced_and_seeded():
+    a = plan.random_assignment(1001, 4, seed=3)
+    assert np.bincount(a).tolist() == [251, 250, 250, 250]
+    assert np.array_equal(a, plan.random_assignment(1001, 4, seed=3))
+    assert not np.array_equal(a, plan.random_assignment(1001, 4, seed=4))
+
+
+def test_fill_empty_parts_moves_one_node_per_empty_part():
+    part = np.array([0, 0, 0, 0, 2], dtype=np.int64)
+    fixed = plan.fill_empty_parts(part.copy(), 4)
+    assert np.bincount(fixed, minlength=4).tolist() == [2, 1, 1, 1]
+
+
+# ---------------------------------------------------------------- layout
+
+
+def test_layout_renumbers_by_part_then_original_id_and_orders_edges_by_owner():
+    g = random_graph(num_nodes=200, num_edges=1500, seed=5)
+    part = plan.random_assignment(g.num_nodes, 3, seed=1)
+    lay = plan.plan_layout(part, g.src, g.dst, 3)
+    # contiguous ranges, in part order, covering everything
+    assert lay.node_ranges[0][0] == 0 and lay.node_ranges[-1][1] == g.num_nodes
+    assert all(a[1] == b[0] for a, b in zip(lay.node_ranges, lay.node_ranges[1:]))
+    assert lay.edge_ranges[-1][1] == g.num_edges
+    # new ids sorted by (part, original id)
+    key = part[lay.node_order] * g.num_nodes + lay.node_order
+    assert np.all(np.diff(key) > 0)
+    assert np.array_equal(lay.new_id[lay.node_order], np.arange(g.num_nodes))
+    # each edge id range holds exactly the edges whose destination is in that part,
+    # in input order (stable)
+    for p, (lo, hi) in enumerate(lay.edge_ranges):
+        e = lay.edge_order[lo:hi]
+        assert np.all(part[g.dst[e]] == p) and np.all(np.diff(e) > 0)
+    cut = part[g.src] != part[g.dst]
+    assert lay.num_cut == int(cut.sum())
+    for p, (lo, hi) in enumerate(lay.out_ranges):
+        e = lay.edge_order[lay.out_edges[lo:hi]]
+        assert np.all(part[g.src[e]] == p) and np.all(part[g.dst[e]] != p)
+
+
+# ---------------------------------------------------------------- whole run
+
+
+def test_partition_pubmed_report_and_manifest(tmp_path):
+    report = _partition(pubmed(), tmp_path / "out", num_parts=4)
+    manifest = shards.read_manifest(tmp_path / "out")
+    assert manifest.num_parts == 4 and manifest.num_nodes == 19717 and manifest.num_edges == 88648
+    stored = manifest.data["report"]
+    assert stored["edge_cut"]["count"] == report["edge_cut"]["count"]
+    # METIS should do far better than a random 4-way split (75% cut) on a citation graph
+    assert 0 < report["edge_cut"]["percent"] < 25
+    assert set(report["balance"]) == {"nodes", "edges", "train_nodes", "other_nodes"}
+    assert all(1.0 <= b < 1.15 for b in report["balance"].values())
+    assert [p["name"] for p in stored["phases"]] == ["load", "csr", "metis", "layout", "write"]
+    assert all(p["seconds"] >= 0 and p["peak_rss_bytes"] > 0 for p in stored["phases"])
+    assert sum(r["nodes"] for r in report["parts"]) == 19717
+    assert sum(r["edges"] for r in report["parts"]) == 88648
+    assert sum(r["out_edges"] for r in report["parts"]) == report["edge_cut"]["count"]
+    assert manifest.data["versions"]["pymetis"] and manifest.data["versions"]["dgl"]
+    for p in range(4):
+        assert f"{shards.part_dir('.', p).name}/nodes.parquet" in manifest.files
+
+
+def test_same_seed_gives_identical_shards(tmp_path):
+    g = random_graph(num_nodes=500, num_edges=4000, seed=8)
+    _partition(g, tmp_path / "a", seed=11)
+    _partition(g, tmp_path / "b", seed=11)
+    a, b = shards.read_manifest(tmp_path / "a"), shards.read_manifest(tmp_path / "b")
+    parquet = [f for f in a.files if f.endswith(".parquet")]
+    assert parquet and all(a.files[f] == b.files[f] for f in parquet)
+
+
+def test_random_method_writes_balanced_parts(tmp_path):
+    report = _partition(random_graph(num_nodes=301, num_edges=2000), tmp_path / "r", method="random")
+    assert [r["nodes"] for r in report["parts"]] == [101, 100, 100]
+    assert shards.read_manifest(tmp_path / "r").data["method"] == "random"
+
+
+def test_failed_run_with_overwrite_keeps_old_folder_and_leaves_no_temp(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    g = random_graph()
+    _partition(g, out)
+    before = json.loads((out / shards.MANIFEST).read_text())
+
+    def broken(*_args, **_kw):
+        raise OSError("disk full (injected)")
+
+    monkeypatch.setattr(shards, "write_manifest", broken)
+    with pytest.raises(OSError, match="injected"):
+        _partition(g, out, overwrite=True, num_parts=2)
+    assert json.loads((out / shards.MANIFEST).read_text()) == before
+    assert _leftovers(tmp_path) == []
+
+
+def test_failed_run_leaves_no_output_and_no_temp(tmp_path, monkeypatch):
+    def broken(*_args, **_kw):
+        raise OSError("disk full (injected)")
+
+    monkeypatch.setattr(shards, "write_assignment", broken)
+    with pytest.raises(OSError):
+        _partition(random_graph(), tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_spilling_arrays_during_metis_changes_nothing(tmp_path, monkeypatch):
+    import distgnn.partition.run as run_module
+
+    _partition(random_graph(num_nodes=400, num_edges=3000, seed=9), tmp_path / "kept")
+    spilled = random_graph(num_nodes=400, num_edges=3000, seed=9)
+    monkeypatch.setattr(run_module, "SPILL_BYTES", 0)
+    _partition(spilled, tmp_path / "spilled")
+    assert isinstance(spilled.src, np.memmap) and isinstance(spilled.feat, np.memmap)
+    a, b = shards.read_manifest(tmp_path / "kept"), shards.read_manifest(tmp_path / "spilled")
+    assert a.files == b.files
+    assert not any(".spill" in f for f in b.files)

@@ -1,0 +1,123 @@
+"""The `partition` console script: exit codes, one-line errors, nothing half-written."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from distgnn.partition import shards
+
+ROOT = Path(__file__).resolve().parents[1]
+PARTITION = ROOT / ".venv" / "bin" / "partition"
+PUBMED = ROOT / "data" / "pubmed"
+SMALL = "synthetic:nodes=500,degree=4,classes=3,feat_dim=4,seed=1"
+
+
+def _run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    argv = [str(PARTITION)] if PARTITION.exists() else [sys.executable, "-m", "distgnn.partition.cli"]
+    return subprocess.run([*argv, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+
+
+def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("partition: error: ")
+    for needle in needles:
+        assert needle in lines[0]
+    return lines[0]
+
+
+def _nothing_left(parent: Path, name: str = "out") -> None:
+    assert not (parent / name).exists()
+    assert [p.name for p in parent.iterdir() if ".partial-" in p.name or ".old-" in p.name] == []
+
+
+def test_partition_pubmed_prints_report_and_writes_shards(tmp_path):
+    proc = _run("--graph", PUBMED, "--num-parts", 2, "--out", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+    assert "edge cut:" in proc.stdout and "balance" in proc.stdout and "metis" in proc.stdout
+    manifest = json.loads((tmp_path / "out" / shards.MANIFEST).read_text())
+    assert manifest["num_parts"] == 2 and manifest["graph_name"] == "pubmed"
+    assert manifest["command"].startswith("partition --graph")
+    assert shards.read_part(shards.part_dir(tmp_path / "out", 1)).info.num_nodes == 19717
+
+
+def test_quiet_prints_nothing(tmp_path):
+    proc = _run("--graph", SMALL, "--num-parts", 2, "--out", tmp_path / "out", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "" and proc.stderr == ""
+
+
+@pytest.mark.parametrize("parts", ["0", "-3"])
+def test_num_parts_below_one(tmp_path, parts):
+    proc = _run("--graph", SMALL, "--num-parts", parts, "--out", tmp_path / "out")
+    _one_line_error(proc, "--num-parts")
+    _nothing_left(tmp_path)
+
+
+def test_num_parts_above_node_count(tmp_path):
+    proc = _run("--graph", SMALL, "--num-parts", 501, "--out", tmp_path / "out")
+    _one_line_error(proc, "--num-parts 501", "500 nodes")
+    _nothing_left(tmp_path)
+
+
+def test_existing_output_folder_is_refused(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    proc = _run("--graph", SMALL, "--num-parts", 2, "--out", out)
+    _one_line_error(proc, "--out", "already exists", "--overwrite")
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_overwrite_that_fails_keeps_the_old_folder(tmp_path):
+    out = tmp_path / "out"
+    assert _run("--graph", SMALL, "--num-parts", 2, "--out", out, "--quiet").returncode == 0
+    before = (out / shards.MANIFEST).read_text()
+    proc = _run("--graph", SMALL, "--num-parts", 9999, "--out", out, "--overwrite")
+    _one_line_error(proc, "--num-parts")
+    assert (out / shards.MANIFEST).read_text() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_overwrite_replaces_the_folder(tmp_path):
+    out = tmp_path / "out"
+    assert _run("--graph", SMALL, "--num-parts", 2, "--out", out, "--quiet").returncode == 0
+    assert _run("--graph", SMALL, "--num-parts", 3, "--out", out, "--quiet", "--overwrite").returncode == 0
+    assert shards.read_manifest(out).num_parts == 3
+    assert not shards.part_dir(out, 3).exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_unknown_method(tmp_path):
+    proc = _run("--graph", SMALL, "--num-parts", 2, "--out", tmp_path / "out", "--method", "spectral")
+    _one_line_error(proc, "--method")
+    _nothing_left(tmp_path)
+
+
+def test_bad_graph_source_leaves_nothing(tmp_path):
+    proc = _run("--graph", tmp_path / "missing-folder", "--num-parts", 2, "--out", tmp_path / "out")
+    _one_line_error(proc, "missing-folder")
+    _nothing_left(tmp_path)
+
+
+def test_dry_run_estimates_and_writes_nothing(tmp_path):
+    proc = _run("--graph", PUBMED, "--num-parts", 4, "--out", tmp_path / "out", "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert "19717 nodes" in proc.stdout and "88648 edges" in proc.stdout
+    assert "estimated peak memory" in proc.stdout and "estimated disk space" in proc.stdout
+    _nothing_left(tmp_path)
+
+
+def test_random_method_is_deterministic_under_seed(tmp_path):
+    for name in ("a", "b"):
+        proc = _run("--graph", SMALL, "--num-parts", 3, "--out", tmp_path / name, "--method", "random",
+                    "--seed", 5, "--quiet")
+        assert proc.returncode == 0, proc.stderr
+    a, b = (shards.read_manifest(tmp_path / n).files for n in "ab")
+    assert a == b

@@ -1,0 +1,131 @@
+"""The shard format read back: content equals the input graph, checksums guard it."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from distgnn.errors import ShardError
+from distgnn.partition import shards
+from distgnn.partition.run import PartitionConfig, run
+from partition_graphs import random_graph
+
+NUM_PARTS = 3
+
+
+@pytest.fixture(scope="module")
+def partitioned(tmp_path_factory):
+    graph = random_graph(num_nodes=400, num_edges=3000, feat_dim=5, seed=4)
+    root = tmp_path_factory.mktemp("shards") / "out"
+    run(PartitionConfig(graph="mem", num_parts=NUM_PARTS, out=root, quiet=True), load=lambda _s: graph)
+    return graph, root
+
+
+def test_part_dir_is_the_one_naming_rule(tmp_path):
+    assert shards.part_dir(tmp_path, 7) == tmp_path / "part-00007"
+    assert shards.part_dir(tmp_path, 12345).name == "part-12345"
+
+
+def test_manifest_lists_every_file_with_its_sha256(partitioned):
+    _graph, root = partitioned
+    manifest = shards.read_manifest(root)
+    on_disk = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()} - {shards.MANIFEST}
+    assert set(manifest.files) == on_disk
+    for rel, digest in manifest.files.items():
+        assert shards.sha256_file(root / rel) == digest
+    assert manifest.data["format_version"] == shards.FORMAT_VERSION
+    assert manifest.part_dir(1) == shards.part_dir(root, 1)
+
+
+def test_parts_hold_every_node_once_with_its_data(partitioned):
+    graph, root = partitioned
+    seen = np.zeros(graph.num_nodes, dtype=int)
+    manifest = shards.read_manifest(root)
+    for p in range(NUM_PARTS):
+        shard = shards.read_part(shards.part_dir(root, p))
+        lo, hi = manifest.node_ranges[p]
+        assert shard.info.node_ranges == manifest.node_ranges and shard.info.part_id == p
+        assert shard.nodes.id.tolist() == list(range(lo, hi))
+        orig = shard.nodes.orig_id
+        assert np.all(np.diff(orig) > 0)  # renumbered by (part, original id)
+        seen[orig] += 1
+        np.testing.assert_array_equal(shard.nodes.feat, graph.feat[orig])
+        np.testing.assert_array_equal(shard.nodes.label, graph.label[orig])
+        for name, mask in graph.masks.items():
+            np.testing.assert_array_equal(shard.nodes.masks[name], mask[orig])
+    assert np.all(seen == 1)
+
+
+def test_edges_are_owned_by_destination_with_contiguous_ids(partitioned):
+    graph, root = partitioned
+    new_id, part = shards.read_assignment(root)
+    orig_of_new = np.empty_like(new_id)
+    orig_of_new[new_id] = np.arange(new_id.shape[0])
+    owned = Counter()
+    inner_by_eid = {}
+    outgoing = []
+    for p in range(NUM_PARTS):
+        shard = shards.read_part(shards.part_dir(root, p))
+        lo, hi = shard.info.node_range
+        e = shard.edges
+        inner = e.inner.astype(bool)
+        n_inner = int(inner.sum())
+        assert np.all(inner[:n_inner]) and not np.any(inner[n_inner:])  # inner edges first
+        assert e.eid[:n_inner].tolist() == list(range(*shard.info.edge_range))
+        assert np.all((e.dst[inner] >= lo) & (e.dst[inner] < hi))
+        assert np.all((e.src[~inner] >= lo) & (e.src[~inner] < hi))
+        assert not np.any((e.dst[~inner] >= lo) & (e.dst[~inner] < hi))
+        owned.update(zip(orig_of_new[e.src[inner]].tolist(), orig_of_new[e.dst[inner]].tolist()))
+        inner_by_eid.update(zip(e.eid[inner].tolist(), zip(e.src[inner].tolist(), e.dst[inner].tolist())))
+        outgoing += list(zip(e.eid[~inner].tolist(), zip(e.src[~inner].tolist(), e.dst[~inner].tolist())))
+        # the halo is exactly the foreign endpoints, with their owners
+        foreign = set(e.src[inner][(e.src[inner] < lo) | (e.src[inner] >= hi)].tolist()) | set(e.dst[~inner].tolist())
+        assert shard.halo.id.tolist() == sorted(foreign)
+        assert shard.halo.part.tolist() == part[orig_of_new[shard.halo.id]].tolist()
+        assert shard.halo.orig_id.tolist() == orig_of_new[shard.halo.id].tolist()
+    assert owned == Counter(zip(graph.src.tolist(), graph.dst.tolist()))
+    # an outgoing edge is the same edge, same id, as stored in its owner's part
+    assert outgoing and all(inner_by_eid[eid] == ends for eid, ends in outgoing)
+    cut = int(np.count_nonzero(part[graph.src] != part[graph.dst]))
+    assert len(outgoing) == cut == shards.read_manifest(root).data["report"]["edge_cut"]["count"]
+
+
+def test_changed_shard_file_fails_verification_naming_the_file(partitioned, tmp_path):
+    _graph, root = partitioned
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(shards.part_dir(root, 0), copy)
+    path = copy / shards.EDGES
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ShardError, match=r"edges\.parquet.*sha256"):
+        shards.read_part(copy, verify=True)
+    assert str(path) in str(_error(copy))
+
+
+def _error(folder):
+    with pytest.raises(ShardError) as info:
+        shards.read_part(folder)
+    assert "\n" not in str(info.value)
+    return info.value
+
+
+def test_missing_part_json_and_unknown_version_are_shard_errors(partitioned, tmp_path):
+    _graph, root = partitioned
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(shards.part_dir(root, 1), copy)
+    info = json.loads((copy / shards.PART_INFO).read_text())
+    info["format_version"] = 99
+    (copy / shards.PART_INFO).write_text(json.dumps(info))
+    assert "format_version 99" in str(_error(copy))
+    (copy / shards.PART_INFO).unlink()
+    assert "part.json" in str(_error(copy))
+    with pytest.raises(ShardError, match="manifest"):
+        shards.read_manifest(tmp_path)
