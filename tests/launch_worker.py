@@ -6,6 +6,11 @@ port from the ip_config, print 'server ready', exit 0 once every trainer said by
 DGL servers exit when their clients leave). Trainer mode (under torchrun): print its
 arguments as JSON, then --fail-rank/--fail-code, --sleep, --print; say bye to every
 server and exit 0. Each process writes its pid under $WORKER_PID_DIR when set.
+
+With WORKER_METRICS=1 both modes serve real distgnn metrics (the server_metrics /
+trainer_metrics factories, from the --metrics-port/--metrics-addr/--job-id the launcher
+passes), so they print the `distgnn-metrics:` lines the launcher builds its targets from.
+A trainer with --wait-file waits (at most 60 s) for that file before going on.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+from distgnn import metrics
 from distgnn.ip_config import parse_ip_config
 
 
@@ -27,15 +33,40 @@ def _record_pid(role: str, rank: int) -> None:
         (Path(folder) / f"{role}-{rank}-{os.getpid()}.pid").write_text(str(os.getpid()))
 
 
+def _metrics_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metrics-port", default="0")
+    p.add_argument("--metrics-addr", default="127.0.0.1")
+    p.add_argument("--job-id", default="worker")
+
+
+def _metrics_on() -> bool:
+    return os.environ.get("WORKER_METRICS") == "1"
+
+
 def serve(argv: list[str]) -> int:
     p = argparse.ArgumentParser()
     for flag in ("--ip-config", "--part", "--server-index", "--servers-per-host", "--num-clients"):
         p.add_argument(flag, required=True)
+    _metrics_flags(p)
     ns, _ = p.parse_known_args(argv)
     part, index, per_host = int(ns.part), int(ns.server_index), int(ns.servers_per_host)
     rank = part * per_host + index
     _record_pid("server", rank)
     entry = parse_ip_config(ns.ip_config)[part]
+    sink = metrics.NULL_SERVER_METRICS
+    if _metrics_on():
+        sink = metrics.server_metrics(
+            metrics.parse_metrics_port(ns.metrics_port), ns.metrics_addr, job=ns.job_id, host=entry.address,
+            rank=rank, part=part, server_index=index, servers_per_host=per_host,
+        )
+        sink.set_up(True)
+    try:
+        return _serve(ns, entry, rank, index)
+    finally:
+        sink.close()
+
+
+def _serve(ns: argparse.Namespace, entry, rank: int, index: int) -> int:
     listener = socket.create_server((entry.address, entry.port + index))
     print(f"server {rank} ready on {entry.address}:{entry.port + index}", flush=True)
     fail = os.environ.get("WORKER_SERVER_FAIL", "")  # "RANK=CODE"
@@ -58,14 +89,35 @@ def train(argv: list[str]) -> int:
     p.add_argument("--fail-rank", type=int, default=-1)
     p.add_argument("--fail-code", type=int, default=3)
     p.add_argument("--print", dest="text", default=None)
+    p.add_argument("--wait-file", type=Path, default=None)
+    _metrics_flags(p)
     ns, _ = p.parse_known_args(argv)
     rank = int(os.environ["RANK"])
     _record_pid("trainer", rank)
+    sink = metrics.NULL_TRAINER_METRICS
+    if _metrics_on():
+        host_index = int(os.environ["GROUP_RANK"])
+        sink = metrics.trainer_metrics(
+            metrics.parse_metrics_port(ns.metrics_port), ns.metrics_addr, job=ns.job_id,
+            host=parse_ip_config(ns.ip_config)[host_index].address, rank=rank,
+            local_rank=int(os.environ["LOCAL_RANK"]), servers_per_host=ns.servers_per_host, part=host_index,
+        )
+    try:
+        return _train(ns, argv, rank)
+    finally:
+        sink.close()
+
+
+def _train(ns: argparse.Namespace, argv: list[str], rank: int) -> int:
     info = {"rank": rank, "local_rank": int(os.environ["LOCAL_RANK"]), "world": int(os.environ["WORLD_SIZE"]),
             "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"), "echo": os.environ.get("WORKER_ECHO"), "argv": argv}
     print("ARGS " + json.dumps(info), flush=True)
     if ns.text is not None:
         print(ns.text, flush=True)
+    if ns.wait_file is not None:
+        deadline = time.monotonic() + 60
+        while not ns.wait_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
     if rank == ns.fail_rank:
         print(f"trainer {rank} failing on purpose with {ns.fail_code}", flush=True)
         return ns.fail_code

@@ -59,7 +59,8 @@ def test_cpu_plan_has_servers_and_one_torchrun_group_per_host(n):
         assert _flag(group.argv, "--nproc-per-node") == "2"
         assert _flag(group.argv, "--master-addr") == "10.0.0.1"
         assert group.argv[group.argv.index("-m", 3) + 1] == "distgnn.trainer.cli"
-        assert group.argv[-4:] == ["--job-id", "job1", "--epochs", "3"]  # user arguments last: they win
+        assert group.argv[-2:] == ["--epochs", "3"]  # user arguments last: they win
+        assert _flag(group.argv, "--job-id") == "job1" and _flag(group.argv, "--run-dir") == str(RUN)
         assert _flag(group.argv, "--servers-per-host") == "2" and _flag(group.argv, "--samplers") == "1"
         assert "CUDA_VISIBLE_DEVICES" not in group.env
         assert group.ports == ([29500] if i == 0 else []) + [9403, 9404]
@@ -95,6 +96,14 @@ def test_local_hosts_are_marked_and_user_env_wins():
     assert [p.local for p in plan.processes] == [True, True, False, False]
     assert all(p.env["OMP_NUM_THREADS"] == "7" and p.env["X"] == "a b;$(c)" for p in plan.processes)
     assert plan.on_host(1)[0].ports == [30050]  # metrics off: no metrics ports
+
+
+def test_auto_metrics_ports_are_left_to_the_processes():
+    plan = _plan(2, metrics_port="auto", trainers_per_host=2)
+    assert [p.ports for p in plan.on_host(1)] == [[30050], []]  # only the process knows an 'auto' port
+    assert all(_flag(p.argv, "--metrics-port") == "auto" for p in plan.processes)
+    assert config_from_args(_args("--metrics-port", "auto")).metrics_port == "auto"
+    assert "metrics: base port auto (the launcher's), targets /ws/runs/job1/prometheus/targets.json" in format_plan(plan)
 
 
 def test_staged_shards_are_read_from_the_run_folder():
@@ -148,7 +157,9 @@ def test_cli_splits_train_arguments_untouched():
         (_args("--servers-per-host", "0"), "--servers-per-host 0: must be at least 1"),
         (_args("--trainers-per-host", "0"), "--trainers-per-host 0: must be at least 1"),
         (_args("--master-port", "70000"), "--master-port 70000"),
-        (_args("--metrics-port", "-1"), "--metrics-port -1"),
+        (_args("--metrics-port", "-1"), "--metrics-port: expected a port 0-65535 (0 turns metrics off) or 'auto', got '-1'"),
+        (_args("--metrics-linger", "400"), "--metrics-linger 400.0: must be in [0, 300] s"),
+        (_args("--metrics-addr", ""), "--metrics-addr '': expected an address"),
         (_args("--job-id", "../x"), "--job-id '../x'"),
         (_args("--dgl-max-try-times", "0"), "--dgl-max-try-times 0: must be at least 1"),
     ],

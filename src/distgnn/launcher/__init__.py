@@ -6,6 +6,7 @@
     remote_exec.py  remote wrapper: stops its command's group when ssh's stdin closes
     probe.py        per-host pre-flight: ports free, address is the host's, GPU count
     supervise.py    Supervisor, RunResult, ProcessFailure, the root-cause report
+    monitor.py      the launcher's own /metrics and the run's Prometheus targets file
     rundir.py       the run folder's layout (plan.json, logs/, status.json)
     run.py          one launch end to end
     cli.py          `launch` argv -> LaunchConfig -> run

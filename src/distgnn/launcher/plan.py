@@ -13,6 +13,7 @@ from distgnn.errors import InputError
 from distgnn.ip_config import HostEntry, is_local
 from distgnn.launcher import rundir
 from distgnn.launcher.config import LaunchConfig
+from distgnn.metrics import file_sd_path
 from distgnn.ports import metrics_port
 
 
@@ -67,6 +68,8 @@ class RunPlan:
     master_addr: str
     master_port: int
     processes: list[ProcessSpec]
+    metrics_port: int | str = 0
+    """Base /metrics port (the launcher's own), 0 off, 'auto' (ports known only once processes run)."""
 
     def on_host(self, host_index: int) -> list[ProcessSpec]:
         return [p for p in self.processes if p.host_index == host_index]
@@ -118,6 +121,7 @@ def plan_run(
         master_addr=hosts[0].address,
         master_port=cfg.master_port,
         processes=[],
+        metrics_port=cfg.metrics_port,
     )
     env = _base_env(cfg, cpu_count)
     for index, entry in enumerate(hosts):
@@ -249,6 +253,8 @@ def format_plan(plan: RunPlan) -> str:
         f"rendezvous {plan.master_addr}:{plan.master_port}; shards "
         + (f"{plan.shards_source} staged to {plan.shards_path}" if plan.stage_shards else str(plan.shards_path)),
     ]
+    if plan.metrics_port:
+        lines.append(f"metrics: base port {plan.metrics_port} (the launcher's), targets {file_sd_path(plan.run_dir)}")
     for index, entry in enumerate(plan.hosts):
         how = "local" if plan.host_is_local(index) else "ssh"
         lines.append(f"host {index} {entry.address} ({how}), ports {', '.join(map(str, plan.host_ports(index)))}")

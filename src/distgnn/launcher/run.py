@@ -7,6 +7,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,7 @@ from distgnn.ip_config import (
 from distgnn.launcher import rundir
 from distgnn.launcher.config import LaunchConfig
 from distgnn.launcher.plan import RunPlan, check_gpus, format_plan, plan_run, plan_to_json
+from distgnn.launcher.monitor import NULL_MONITOR, NullMonitor, RunMonitor, start_monitor
 from distgnn.launcher.runner import LocalRunner, Runner, SshRunner
 from distgnn.launcher.supervise import RunResult, Supervisor, format_report
 from distgnn.partition import shards
@@ -186,9 +189,15 @@ def stage(cfg: LaunchConfig, plan: RunPlan, runners: list[Runner]) -> None:
             future.result()
 
 
-def execute(cfg: LaunchConfig, plan: RunPlan, runners: list[Runner], out: TextIO) -> RunResult:
+def execute(
+    cfg: LaunchConfig,
+    plan: RunPlan,
+    runners: list[Runner],
+    out: TextIO,
+    monitor: RunMonitor | NullMonitor = NULL_MONITOR,
+) -> RunResult:
     """Start servers, then trainer groups, and supervise them; SIGINT/SIGTERM stop the run."""
-    sup = Supervisor(out, stop_grace_s=cfg.stop_grace_s, server_linger_s=cfg.server_linger_s)
+    sup = Supervisor(out, stop_grace_s=cfg.stop_grace_s, server_linger_s=cfg.server_linger_s, monitor=monitor)
 
     def on_signal(signum: int, _frame: object) -> None:
         sup.request_stop(f"{signal.Signals(signum).name} received", signum)
@@ -205,6 +214,8 @@ def execute(cfg: LaunchConfig, plan: RunPlan, runners: list[Runner], out: TextIO
                 # The ones already started must still be stopped: let the supervisor do it.
                 sup.request_stop(f"cannot start {spec.label}: {exc}")
                 break
+        else:
+            monitor.run_state("running")
         return sup.run()
     finally:
         for sig, handler in previous.items():
@@ -227,6 +238,24 @@ def launch(cfg: LaunchConfig, *, out: TextIO | None = None, err: TextIO | None =
     gpu_counts = preflight(cfg, plan, runners)
     if gpu_counts is not None:
         check_gpus(cfg, plan.hosts, gpu_counts)
+    # Before the run folder is written and anything started: a taken launcher port or an
+    # unwritable targets file is bad input like any other.
+    monitor = start_monitor(cfg.metrics_port, cfg.metrics_addr, plan, err)
+    try:
+        result = run_started(cfg, plan, runners, monitor, out)
+        code = report(plan, result, out, err)
+        if monitor.active and result.status != "interrupted":
+            # Whoever pressed Ctrl-C wants out; otherwise let a last scrape see how the run ended.
+            linger(cfg.metrics_linger_s, out)
+        return code
+    finally:
+        monitor.close()
+
+
+def run_started(
+    cfg: LaunchConfig, plan: RunPlan, runners: list[Runner], monitor: RunMonitor | NullMonitor, out: TextIO
+) -> RunResult:
+    """Everything checked: write the run folder, stage, run and record the run."""
     rundir.write_plan(plan.run_dir, plan_to_json(plan))
     rundir.write_text(plan.ip_config_path, format_ip_config(plan.hosts))
     try:
@@ -236,9 +265,18 @@ def launch(cfg: LaunchConfig, *, out: TextIO | None = None, err: TextIO | None =
         raise
     out.write(f"launch: job {plan.job_id}, {len(plan.processes)} process(es) on {len(plan.hosts)} host(s); "
               f"run folder {plan.run_dir}\n")
+    if monitor.active:
+        target = monitor.launcher_target
+        out.write(f"launch: metrics at http://{target.hostport}/metrics, targets {monitor.targets_path}\n")
     out.flush()
-    result = execute(cfg, plan, runners, out)
+    result = execute(cfg, plan, runners, out, monitor)
+    monitor.run_state("succeeded" if result.status == "succeeded" else "failed")
     rundir.write_status(plan.run_dir, {"job_id": plan.job_id, "run_dir": str(plan.run_dir), **result.to_json()})
+    return result
+
+
+def report(plan: RunPlan, result: RunResult, out: TextIO, err: TextIO) -> int:
+    """Say how the run ended; the exit status (0 ok, 1 failed, 128+N stopped by signal N)."""
     if result.status == "succeeded":
         out.write(f"launch: job {plan.job_id} succeeded; run folder {plan.run_dir}\n")
         return 0
@@ -246,3 +284,25 @@ def launch(cfg: LaunchConfig, *, out: TextIO | None = None, err: TextIO | None =
     if result.status == "interrupted" and result.stop_signal is not None:
         return 128 + result.stop_signal
     return 1
+
+
+def linger(seconds: float, out: TextIO) -> None:
+    """Keep the launcher's /metrics up a little after the run so a scrape sees its final state;
+    Ctrl-C or SIGTERM ends the wait at once."""
+    if seconds <= 0:
+        return
+    done = threading.Event()
+    previous = {sig: signal.signal(sig, lambda _s, _f: done.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        out.write(f"launch: keeping /metrics up for {seconds:g} s for a last scrape "
+                  "(--metrics-linger; Ctrl-C ends it)\n")
+        out.flush()
+        deadline = time.monotonic() + seconds
+        # Short waits: the handler runs between them even where a long wait would not wake.
+        while not done.is_set() and (left := deadline - time.monotonic()) > 0:
+            done.wait(min(left, 0.2))
+    except (OSError, ValueError):
+        pass  # our stdout went away; nobody is watching the linger either
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

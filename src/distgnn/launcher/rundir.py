@@ -5,6 +5,8 @@
     logs/<host>-<role>-<rank>.log
     shards/         this host's part, when shards are staged
     status.json     the final RunResult, written when the run ends
+    prometheus/targets.json   the run's /metrics endpoints (distgnn.metrics owns the format and
+                    the path, file_sd_path; launcher/monitor.py keeps it current)
 """
 
 from __future__ import annotations

@@ -19,7 +19,9 @@ from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import TextIO
 
+from distgnn.launcher.monitor import NULL_MONITOR, NullMonitor, RunMonitor
 from distgnn.launcher.runner import Running
+from distgnn.metrics import parse_announcement
 
 TAIL_LINES = 20
 _TORCHRUN_RANK = re.compile(r"^\s*rank\s*:\s*(\d+)")
@@ -85,13 +87,24 @@ class _Watched:
     reader: threading.Thread
     exit_code: int | None = None
     ended_at: float | None = None
+    told: bool = False
+    """Its end was passed to the monitor."""
 
 
 class Supervisor:
     """Owns the started processes of one run until they have all ended."""
 
-    def __init__(self, out: TextIO, *, stop_grace_s: float, server_linger_s: float, poll_s: float = 0.1) -> None:
+    def __init__(
+        self,
+        out: TextIO,
+        *,
+        stop_grace_s: float,
+        server_linger_s: float,
+        poll_s: float = 0.1,
+        monitor: RunMonitor | NullMonitor = NULL_MONITOR,
+    ) -> None:
         self._out = out
+        self._monitor = monitor
         self._lock = threading.Lock()
         self._watched: list[_Watched] = []
         self._stop = threading.Event()
@@ -109,6 +122,7 @@ class Supervisor:
         tail: deque = deque(maxlen=TAIL_LINES)
         reader = threading.Thread(target=self._pump, args=(proc, tail), daemon=True, name=f"log {spec.label}")
         self._watched.append(_Watched(proc, tail, reader))
+        self._monitor.started(spec)
         reader.start()
 
     def request_stop(self, reason: str, signum: int | None = None) -> None:
@@ -123,6 +137,8 @@ class Supervisor:
             for raw in iter(proc.popen.stdout.readline, b""):
                 line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
                 tail.append(line)
+                if (note := parse_announcement(line)) is not None:
+                    self._monitor.announced(proc.spec, note)
                 log.write(line + "\n")
                 log.flush()
                 with self._lock:
@@ -147,6 +163,9 @@ class Supervisor:
         status = self._watch_until_end(failed)
         self._teardown()
         for w in self._watched:
+            # Stopped by us: done, if the run as a whole succeeded.
+            self._tell_end(w, succeeded=status == "succeeded" or w.exit_code == 0, failure=False)
+        for w in self._watched:
             w.reader.join(timeout=2.0)
         return RunResult(
             status=status,
@@ -162,7 +181,11 @@ class Supervisor:
         trainers = [w for w in self._watched if w.proc.spec.role == "trainer"]
         linger_until: float | None = None
         while True:
-            failed += [w for w in self._poll() if w.exit_code != 0 and not self._stop.is_set()]
+            for w in self._poll():
+                failure = w.exit_code != 0 and not self._stop.is_set()
+                self._tell_end(w, succeeded=w.exit_code == 0, failure=failure)
+                if failure:
+                    failed.append(w)
             if failed:
                 self._stop_reason = self._stop_reason or f"{failed[0].proc.spec.label} failed"
                 return "failed"
@@ -175,6 +198,11 @@ class Supervisor:
             ):
                 return "succeeded"
             self._stop.wait(self.poll_s)
+
+    def _tell_end(self, w: _Watched, *, succeeded: bool, failure: bool) -> None:
+        if not w.told:
+            w.told = True
+            self._monitor.ended(w.proc.spec, succeeded=succeeded, failure=failure)
 
     def _teardown(self) -> None:
         """SIGTERM every live process group, SIGKILL what is left after the grace period."""

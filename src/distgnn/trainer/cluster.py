@@ -70,6 +70,11 @@ def check_inputs(cfg: TrainConfig, world_size: int) -> GraphFacts:
     return facts
 
 
+def host_index() -> int:
+    """This trainer's host = its line in ip_config = torchrun's node rank."""
+    return int(os.environ.get("GROUP_RANK", "0"))
+
+
 def pick_device(backend: str) -> tuple[torch.device, str]:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     cuda = torch.cuda.is_available()
@@ -92,12 +97,36 @@ def dgl_client_env(cfg: TrainConfig) -> dict[str, str]:
     }
 
 
+def interface_of(address: str) -> str | None:
+    """The local network interface that holds `address`, if any."""
+    import psutil
+
+    for name, addrs in psutil.net_if_addrs().items():
+        if any(a.address == address for a in addrs):
+            return name
+    return None
+
+
+def collective_env(host_address: str) -> dict[str, str]:
+    """Pin Gloo and NCCL to the interface of this host's ip_config address.
+
+    Left alone they pick the address the machine's hostname resolves to, which on hosts with
+    several NICs (or emulated hosts sharing one hostname) is often not the one peers can reach.
+    A user's own GLOO_/NCCL_SOCKET_IFNAME wins.
+    """
+    name = interface_of(host_address)
+    if name is None:
+        return {}
+    return {k: v for k in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME") if k not in os.environ for v in [name]}
+
+
 def connect(cfg: TrainConfig, facts: GraphFacts) -> Cluster:
     import dgl
     import torch.distributed as dist
 
     device, backend = pick_device(cfg.backend)
     os.environ.update(dgl_client_env(cfg))
+    os.environ.update(collective_env(facts.hosts[host_index()]))
     # A missing server otherwise makes DGL retry for ~51 minutes (DGL-NOTES pitfall 3).
     os.environ.setdefault("DGL_DIST_MAX_TRY_TIMES", "60")
     from distgnn.ip_config import dgl_readable

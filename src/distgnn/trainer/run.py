@@ -8,7 +8,7 @@ import os
 import torch.distributed as dist
 
 from distgnn.errors import InputError
-from distgnn.trainer.cluster import check_inputs, connect, pick_device
+from distgnn.trainer.cluster import check_inputs, connect, host_index, pick_device
 from distgnn.trainer.config import TrainConfig
 from distgnn.trainer.step import Precision
 
@@ -45,11 +45,10 @@ def run(cfg: TrainConfig) -> None:
         check_checkpoint(cfg, facts)
 
     cluster = connect(cfg, facts)
-    host_index = int(os.environ.get("GROUP_RANK", "0"))  # torchrun's node rank = the host's ip_config line
-    host = facts.hosts[host_index]
+    host = facts.hosts[host_index()]
     sink = metrics.trainer_metrics(
         cfg.metrics_port, cfg.metrics_addr, job=cfg.job_id, host=host, rank=cluster.rank,
-        local_rank=cluster.local_rank, servers_per_host=cfg.servers_per_host, part=host_index,
+        local_rank=cluster.local_rank, servers_per_host=cfg.servers_per_host, part=host_index(),
     )
     log = runlog.open_run_log(cfg.run_dir, rank=cluster.rank, echo=cluster.rank == 0, host=host, job_id=cfg.job_id)
     trainer = Trainer(cfg=cfg, facts=facts, cluster=cluster, metrics=sink, log=log)

@@ -1,0 +1,77 @@
+"""Runs in place of the trainer (launch --trainer-module sampling_check_worker): joins the
+cluster like `train` does, samples real mini-batches through DistGraph and checks them
+against the input graph read straight from its source. Exit 1 on the first mismatch."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+import torch
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--shards", required=True)
+    p.add_argument("--ip-config", required=True)
+    p.add_argument("--servers-per-host", type=int, default=1)
+    p.add_argument("--samplers", type=int, default=0)
+    p.add_argument("--graph", required=True)
+    p.add_argument("--fanouts", default="5,10")
+    p.add_argument("--batch-size", type=int, default=256)
+    args, _ = p.parse_known_args()
+
+    import dgl
+
+    from distgnn.graph import load_graph
+    from distgnn.trainer.cluster import check_inputs, connect, split_nodes
+    from distgnn.trainer.config import TrainConfig, parse_fanouts
+    from distgnn.trainer.sampling import PartLocality, make_loader
+
+    cfg = TrainConfig(shards=args.shards, ip_config=args.ip_config, servers_per_host=args.servers_per_host,
+                      samplers=args.samplers, fanouts=parse_fanouts(args.fanouts), batch_size=args.batch_size,
+                      metrics_port=0)
+    facts = check_inputs(cfg, int(os.environ.get("WORLD_SIZE", "1")))
+    cluster = connect(cfg, facts)
+    g = cluster.g
+    graph = load_graph(args.graph)
+    n = graph.num_nodes
+    edge_keys = np.sort(graph.src * n + graph.dst)
+    orig_of = g.ndata["orig_id"]
+    locality = PartLocality(g)
+
+    seeds = torch.cat([split_nodes(g, "train_mask"), split_nodes(g, "val_mask"), split_nodes(g, "test_mask")])
+    loader = make_loader(g, seeds, cfg.fanouts, cfg.batch_size, shuffle=True)
+    checked_edges = remote_nodes = checked_nodes = 0
+    for input_nodes, _seeds, blocks in loader:
+        for block in blocks:
+            src, dst = block.edges()
+            u = orig_of[block.srcdata[dgl.NID][src]].numpy()
+            v = orig_of[block.dstdata[dgl.NID][dst]].numpy()
+            keys = u * n + v
+            pos = np.searchsorted(edge_keys, keys).clip(max=len(edge_keys) - 1)
+            missing = np.nonzero(edge_keys[pos] != keys)[0]
+            if len(missing):
+                print(f"MISMATCH sampled edge {u[missing[0]]}->{v[missing[0]]} is not in the input graph", flush=True)
+                return 1
+            checked_edges += len(keys)
+        orig = orig_of[input_nodes].numpy()
+        fetched = g.ndata["feat"][input_nodes].numpy()
+        if not np.array_equal(fetched, graph.feat[orig]):
+            bad = int(np.nonzero(~(fetched == graph.feat[orig]).all(axis=1))[0][0])
+            print(f"MISMATCH features of node {orig[bad]} differ from the input", flush=True)
+            return 1
+        if not np.array_equal(g.ndata["label"][input_nodes].numpy(), graph.label[orig]):
+            print("MISMATCH labels differ from the input", flush=True)
+            return 1
+        checked_nodes += len(orig)
+        remote_nodes += locality.remote_count(input_nodes)
+    print(f"CHECKED rank={cluster.rank} edges={checked_edges} nodes={checked_nodes} remote_nodes={remote_nodes}",
+          flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
