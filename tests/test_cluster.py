@@ -175,3 +175,101 @@ def test_sampled_blocks_and_features_match_the_input_graph(tmp_path, pubmed2, em
         edges = int(line.split("edges=")[1].split()[0])
         remote = int(line.split("remote_nodes=")[1].split()[0])
         assert edges > 1000 and remote > 0, line
+
+
+def trainer_processes(run: Path) -> dict[int, "psutil.Process"]:
+    """The run's trainer worker processes by global rank (torchrun sets RANK in their environment)."""
+    import psutil
+
+    found = {}
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            cmd = proc.info["cmdline"] or []
+            if "distgnn.trainer.cli" in cmd and "torch.distributed.run" not in cmd and str(run) in " ".join(cmd):
+                found[int(proc.environ()["RANK"])] = proc
+        except (psutil.Error, KeyError):
+            continue
+    return found
+
+
+def wait_for(predicate, timeout: float, what: str):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def synthetic2(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("syn") / "shards"
+    subprocess.run([BIN / "partition", "--graph", "synthetic:nodes=20000,degree=8,classes=8,feat_dim=32,seed=1",
+                    "--num-parts", "2", "--out", out, "--quiet"], check=True, timeout=300)
+    return out
+
+
+@pytest.mark.netns
+def test_sigkill_of_one_trainer_stops_every_host_with_root_cause(tmp_path, synthetic2, emu):
+    import signal
+    import time
+
+    hosts, port = emu_hosts(tmp_path, emu)
+    ws = tmp_path / "ws"
+    argv = launch(hosts, synthetic2, ws, "--trainers-per-host", "2", *ssh_flags(emu),
+                  train=["--fanouts", "5,10", "--batch-size", "64", "--hidden", "32", "--epochs", "1000",
+                         "--log-every", "5"])
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    try:
+        run = wait_for(lambda: next(iter((ws / "runs").glob("*")), None) if (ws / "runs").exists() else None,
+                       120, "the run folder")
+        workers = wait_for(lambda: w if len(w := trainer_processes(run)) == 4 else None, 120, "4 trainers")
+        wait_for(lambda: any(runlog.read_rank_log(p).steps for p in (run / "logs").glob("rank-*.jsonl")),
+                 120, "training steps in the run log")
+        victim = workers[3]
+        victim.send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        out, err = proc.communicate(timeout=90)
+        stopped_in = time.monotonic() - killed_at
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    assert proc.returncode not in (0, None), err[-2000:]
+    assert stopped_in < 30, f"everything must stop within 30 s of the failure, took {stopped_in:.1f} s"
+    host1 = emu.hosts[1].address
+    cause = next(line for line in err.splitlines() if line.startswith("root cause:"))
+    assert host1 in cause and "trainer" in cause and "global rank 3" in cause and "SIGKILL" in cause, err[-3000:]
+    assert wait_gone(run) == []
+    status = (run / "status.json").read_text()
+    assert '"failed"' in status
+
+
+@pytest.mark.netns
+def test_sigterm_to_launch_leaves_nothing_on_any_host(tmp_path, synthetic2, emu):
+    import signal
+
+    hosts, port = emu_hosts(tmp_path, emu)
+    ws = tmp_path / "ws"
+    argv = launch(hosts, synthetic2, ws, *ssh_flags(emu),
+                  train=["--fanouts", "5,10", "--batch-size", "64", "--hidden", "32", "--epochs", "1000"])
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    try:
+        run = wait_for(lambda: next(iter((ws / "runs").glob("*")), None) if (ws / "runs").exists() else None,
+                       120, "the run folder")
+        wait_for(lambda: len(trainer_processes(run)) == 2, 120, "2 trainers")
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    assert proc.returncode == 143
+    assert wait_gone(run) == []
+    for i, host in enumerate(emu.hosts):
+        bind = f"import socket; socket.socket().bind(({host.address!r}, {port})); print('free')"
+        check = emu.run(i, ["python3", "-c", bind], timeout=30)
+        assert "free" in str(check.stdout), f"server port {port} still held on {host.address}: {check}"

@@ -93,8 +93,11 @@ class RunMonitor:
                 return
             rank = spec.rank if note.rank is None else note.rank
             if note.event == "serving":
+                try:
+                    self._targets[(spec.label, rank)] = self._target(spec, rank, note)
+                except ValueError:
+                    return  # not an endpoint Prometheus could scrape (e.g. port 0): not a target
                 tracked.announced.add(rank)
-                self._targets[(spec.label, rank)] = self._target(spec, rank, note)
             else:
                 self._targets.pop((spec.label, rank), None)
             self._update_counts()
@@ -124,7 +127,7 @@ class RunMonitor:
 
     def _current_targets(self) -> list[Target]:
         listed = [self._launcher] if self._launcher_listed else []
-        return listed + [self._targets[k] for k in sorted(self._targets, key=lambda k: (k[0], k[1]))]
+        return listed + [self._targets[k] for k in sorted(self._targets)]
 
     def _target(self, spec: ProcessSpec, rank: int, note: Announcement) -> Target:
         # A process bound to all interfaces is reached at its ip_config address.

@@ -1,11 +1,20 @@
-"""--dry-run: peak memory and disk a run will need, from the input's size alone (pure)."""
+"""--dry-run: peak memory and disk a run will need, from the input's size alone (pure).
+
+Per-phase models of the largest arrays alive at once; the METIS term was calibrated
+on a 2M-node / 20M-edge graph (4 parts, 3 constraints), where METIS 5.1 held about
+110 bytes per adjacency entry of the symmetric graph.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Per-item byte costs of the run's largest simultaneous arrays (int64 ids).
 _ID = 8
+_BASE = 160 * 2**20
+"""The interpreter with NumPy, pandas and pyarrow imported."""
+_METIS_PER_ADJ = 110
+_METIS_PER_NODE = 200
+_SPILL_BYTES = 256 * 2**20  # keep in line with run.SPILL_BYTES
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -13,31 +22,34 @@ class Estimate:
     graph_bytes: int
     """The loaded graph: edge arrays, features, labels, masks."""
     peak_memory_bytes: int
-    """Graph plus the largest phase's working set (METIS and its input CSR)."""
+    """The largest phase: loading, the METIS input, METIS itself, or writing."""
     disk_bytes: int
     """Shards, assignment and manifest (uncompressed Parquet)."""
 
 
 def estimate(*, num_nodes: int, num_edges: int, feat_dim: int, num_parts: int, method: str) -> Estimate:
     n, e = num_nodes, num_edges
-    node_bytes = n * (4 * feat_dim + _ID + 3)  # feat, label, three masks
-    graph = 2 * e * _ID + node_bytes
-    csr = 2 * e * _ID + (n + 1) * _ID  # symmetric adjacency, both directions
-    # METIS 5.1 keeps the input graph, the coarsening hierarchy (about the input's size
-    # again) and per-vertex work arrays (~20 idx_t per vertex).
-    metis = (csr * 2 + 20 * n * _ID) if method == "metis" and num_parts > 1 else 0
-    sort_keys = 2 * e * _ID + 2 * e  # CSR keys plus the de-duplication mask
-    layout = n * 3 * _ID + e * (_ID + 2 + 2)  # renumbering, edge order, owner parts
-    # writing one part gathers its share of nodes and edges once more
-    per_part = (node_bytes + 4 * e * _ID) // max(num_parts, 1)
-    phase = max(csr + sort_keys, csr + metis, layout + per_part)
-    peak = graph + phase + 200 * 2**20  # interpreter, NumPy, Arrow
+    adj = 2 * e  # both directions of every edge, before de-duplication
+    edges = 2 * e * _ID
+    feats = n * 4 * feat_dim
+    small = n * (_ID + 3)  # labels and masks
+    graph = edges + feats + small
+    load = graph * 3 // 2  # readers hold a column or two twice while converting
+    if method == "metis" and num_parts > 1:
+        csr = graph + adj * (2 * _ID + 1)  # sort keys, de-dup mask, compacted copy
+        resident = small if edges + feats >= _SPILL_BYTES else graph  # the rest is spilled
+        metis = resident + adj * _ID + n * 4 * _ID + adj * _METIS_PER_ADJ + n * _METIS_PER_NODE
+    else:
+        csr = metis = 0
+    # the layout (ids, edge order) plus one part's gathered rows and Arrow copies
+    write = graph + 3 * n * _ID + e * _ID + 2 * (graph // max(num_parts, 1))
+    peak = _BASE + max(load, csr, metis, write)
+
     cut_share = 0.0 if num_parts == 1 else min(1.0, 0.5 * (1 - 1 / num_parts))
-    edge_rows = e * (1 + cut_share)
     disk = (
         n * (2 * _ID + 4 * feat_dim + _ID + 3)  # nodes.parquet
-        + edge_rows * (3 * _ID + 1)  # edges.parquet
-        + e * cut_share * 3 * _ID  # halo.parquet, bounded by the cut edges
+        + e * (1 + cut_share) * (3 * _ID + 1)  # edges.parquet: own plus outgoing edges
+        + e * cut_share * (3 * _ID)  # halo.parquet, at most one row per cut edge
         + n * (2 * _ID + 4)  # assignment.parquet
         + num_parts * 64 * 1024  # footers, part.json, manifest
     )

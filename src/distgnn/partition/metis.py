@@ -31,10 +31,6 @@ class MetisOptions:
     """Independent partitionings tried; the best is kept."""
     ufactor: int = -1
     """Allowed imbalance in 1/1000 (-1: METIS default, 30 for k-way)."""
-    ctype: int = -1
-    """Coarsening matching (-1: METIS default, sorted heavy-edge; 0: random)."""
-    no2hop: int = -1
-    """1: skip METIS's 2-hop matching when coarsening stalls (-1: default)."""
 
 
 @lru_cache(maxsize=1)
@@ -91,8 +87,6 @@ def part_kway(
     opts[_option_index("NITER")] = options.niter
     opts[_option_index("NCUTS")] = options.ncuts
     opts[_option_index("UFACTOR")] = options.ufactor
-    opts[_option_index("CTYPE")] = options.ctype
-    opts[_option_index("NO2HOP")] = options.no2hop
     opts[_option_index("NUMBERING")] = 0
     nvtxs = np.array([n], dtype=np.int64)
     nparts = np.array([num_parts], dtype=np.int64)
