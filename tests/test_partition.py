@@ -206,3 +206,33 @@ def test_spilling_arrays_during_metis_changes_nothing(tmp_path, monkeypatch):
     a, b = shards.read_manifest(tmp_path / "kept"), shards.read_manifest(tmp_path / "spilled")
     assert a.files == b.files
     assert not any(".spill" in f for f in b.files)
+
+
+def test_progress_lines_on_stderr_for_large_inputs_unless_quiet(tmp_path, monkeypatch):
+    import io
+
+    import distgnn.partition.run as run_module
+
+    monkeypatch.setattr(run_module, "LARGE_EDGES", 1000)  # the random graph has 2000 edges
+    err, out = io.StringIO(), io.StringIO()
+    config = PartitionConfig(graph="mem", num_parts=2, out=tmp_path / "a")
+    run(config, load=lambda _s: random_graph(), stderr=err, stdout=out)
+    lines = err.getvalue().splitlines()
+    assert any(line.startswith("partition: metis") for line in lines)
+    assert any("write done in" in line for line in lines)
+    assert "edge cut:" in out.getvalue() and "peak RSS GiB" in out.getvalue()
+    err, out = io.StringIO(), io.StringIO()
+    quiet = PartitionConfig(graph="mem", num_parts=2, out=tmp_path / "b", quiet=True)
+    run(quiet, load=lambda _s: random_graph(), stderr=err, stdout=out)
+    assert err.getvalue() == "" and out.getvalue() == ""
+
+
+def test_dry_run_estimate_scales_with_the_input():
+    from distgnn.partition.estimate import estimate
+
+    big = estimate(num_nodes=2_000_000, num_edges=20_000_000, feat_dim=64, num_parts=4, method="metis")
+    # measured on this graph: 5.2 GiB peak (METIS phase), 1.15 GiB of shards
+    assert 4.5 * 2**30 < big.peak_memory_bytes < 6.5 * 2**30
+    assert 0.9 * 2**30 < big.disk_bytes < 2 * 2**30
+    rand = estimate(num_nodes=2_000_000, num_edges=20_000_000, feat_dim=64, num_parts=4, method="random")
+    assert rand.peak_memory_bytes < big.peak_memory_bytes / 2

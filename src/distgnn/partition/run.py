@@ -132,6 +132,9 @@ def spill_to_disk(graph: GraphData, folder: Path) -> None:
         np.save(path, array, allow_pickle=False)
         del array
         setattr(graph, name, np.load(path, mmap_mode="r"))
+    import pyarrow
+
+    pyarrow.default_memory_pool().release_unused()  # buffers a Parquet reader left pooled
 
 
 def assign(graph: GraphData, config: PartitionConfig, vwgt: np.ndarray, meter: PhaseMeter,

@@ -43,6 +43,8 @@ class TrainConfig:
     samplers: int = 0
     """DGL sampler processes per trainer (0: sample in the trainer process)."""
     fanouts: tuple[int, ...] = (10, 25)
+    prefetch: int = 2
+    """Batches sampled and fetched ahead on a background thread while the model computes (0: off)."""
     batch_size: int = 1000
     hidden: int = 256
     dropout: float = 0.5
@@ -95,6 +97,8 @@ class TrainConfig:
             raise InputError(f"--servers-per-host {self.servers_per_host}: must be at least 1")
         if self.samplers < 0:
             raise InputError(f"--samplers {self.samplers}: must be at least 0")
+        if self.prefetch < 0:
+            raise InputError(f"--prefetch {self.prefetch}: must be at least 0")
         if self.eval_every < 1:
             raise InputError(f"--eval-every {self.eval_every}: must be at least 1")
         if self.patience < 0:
@@ -142,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fanouts", default="10,25", help="neighbours sampled per layer, input layer first, e.g. 10,25")
     p.add_argument("--eval-fanouts", default=None, help="fanouts for validation/test (default: --fanouts)")
     p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--prefetch", type=int, default=2, help="batches prepared ahead on a background thread (0: off)")
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--dropout", type=float, default=0.5)
     p.add_argument("--epochs", type=int, default=20)
@@ -179,6 +184,7 @@ def config_from_args(argv: list[str] | None = None) -> TrainConfig:
         fanouts=parse_fanouts(ns.fanouts),
         eval_fanouts=None if ns.eval_fanouts is None else parse_fanouts(ns.eval_fanouts),
         batch_size=ns.batch_size,
+        prefetch=ns.prefetch,
         hidden=ns.hidden,
         dropout=ns.dropout,
         epochs=ns.epochs,

@@ -14,15 +14,19 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
+from distgnn.metrics import PHASES as METRIC_PHASES
 from distgnn.errors import InputError
 from distgnn.trainer import checkpoint as ckpt
 from distgnn.trainer import step as steps
 from distgnn.trainer.cluster import Cluster, GraphFacts, split_nodes
 from distgnn.trainer.config import TrainConfig
 from distgnn.trainer.model import GraphSAGE
-from distgnn.trainer.sampling import PartLocality, iterate_batches, make_loader
+from distgnn.trainer.sampling import PartLocality, iterate_batches, make_loader, prefetched
 
-PHASES = ("sample", "fetch", "forward", "backward", "optimizer")
+PHASES = (*METRIC_PHASES, "wait")
+"""Where a step's time goes. With prefetching, sample and fetch run on a background thread and
+overlap the others; the step's wall time is then wait (for the batch) + forward + backward +
+optimizer."""
 
 
 @dataclass
@@ -123,10 +127,13 @@ class Trainer:
     def train_epoch(self, epoch: int) -> dict:
         self.ddp.train()
         c = self.cluster
-        batches = iterate_batches(c.g, self.train_loader, self.locality, feat_bytes_per_node=self.feat_bytes)
+        batches = prefetched(
+            iterate_batches(c.g, self.train_loader, self.locality, feat_bytes_per_node=self.feat_bytes),
+            self.cfg.prefetch,
+        )
         totals = dict.fromkeys(PHASES, 0.0)
         loss_sum, seen, n = 0.0, 0, 0
-        t_epoch = time.perf_counter()
+        t_epoch = t_step = time.perf_counter()
         for i, batch in enumerate(batches):
             if i >= self.steps_per_epoch:
                 break  # never more steps than the slowest rank: DDP would wait forever
@@ -143,8 +150,10 @@ class Trainer:
             n += 1
             seen += len(batch.seeds)
             loss_sum += result.loss
+            now = time.perf_counter()
             self.metrics.step(
-                phases=phases,
+                phases={k: v for k, v in phases.items() if k in METRIC_PHASES},
+                seconds=now - t_step,
                 seeds=len(batch.seeds),
                 sampled_edges=batch.sampled_edges,
                 remote_bytes=batch.remote_bytes,
@@ -154,8 +163,8 @@ class Trainer:
                 loss_scale=result.loss_scale,
             )
             if self.cfg.log_every and n % self.cfg.log_every == 0:
-                self.log.step(epoch=epoch, step=n, loss=result.loss, seeds=seen,
-                              seconds=time.perf_counter() - t_epoch)
+                self.log.step(epoch=epoch, step=n, loss=result.loss, seeds=seen, seconds=now - t_epoch)
+            t_step = time.perf_counter()
         seconds = time.perf_counter() - t_epoch
         if not math.isfinite(loss_sum):
             raise FloatingPointError(f"epoch {epoch}: training loss is not finite ({loss_sum})")
@@ -208,6 +217,8 @@ class Trainer:
             self.metrics.epoch_end(epoch=epoch, seconds=stats["seconds"], accuracies={
                 k.removesuffix("_acc"): v for k, v in stats.items() if k.endswith("_acc")
             })
+            if self.cluster.device.type == "cuda":
+                self.metrics.gpu_memory(torch.cuda.max_memory_allocated(self.cluster.device))
             self.log.epoch(**record)
             self.save()
             if cfg.patience and self.progress.evals_without_improvement >= cfg.patience:

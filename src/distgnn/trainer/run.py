@@ -35,8 +35,6 @@ def check_checkpoint(cfg: TrainConfig, facts) -> None:
 
 def run(cfg: TrainConfig) -> None:
     from distgnn import metrics, runlog
-    from distgnn.trainer import inference
-    from distgnn.trainer.loop import Trainer
 
     facts = check_inputs(cfg, _world_size())
     device, _ = pick_device(cfg.backend)
@@ -51,6 +49,17 @@ def run(cfg: TrainConfig) -> None:
         local_rank=cluster.local_rank, servers_per_host=cfg.servers_per_host, part=host_index(),
     )
     log = runlog.open_run_log(cfg.run_dir, rank=cluster.rank, echo=cluster.rank == 0, host=host, job_id=cfg.job_id)
+    try:
+        train_and_predict(cfg, facts, cluster, sink, log)
+    finally:
+        sink.close()
+        log.close()
+
+
+def train_and_predict(cfg: TrainConfig, facts, cluster, sink, log) -> None:
+    from distgnn.trainer import inference
+    from distgnn.trainer.loop import Trainer
+
     trainer = Trainer(cfg=cfg, facts=facts, cluster=cluster, metrics=sink, log=log)
     if cfg.resume or cfg.predict_only:
         trainer.resume()
@@ -66,4 +75,3 @@ def run(cfg: TrainConfig) -> None:
         path = inference.write_predictions(cluster, result, cfg.predict_out)
         log.message(f"predictions written to {path}")
     dist.barrier()
-    log.close()

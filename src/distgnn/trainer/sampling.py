@@ -6,8 +6,10 @@ DGL from PyPI is CPU-only, so a DGL block never reaches the GPU: each block is t
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
+from queue import Empty, Full, Queue
 from typing import Iterator
 
 import torch
@@ -61,6 +63,60 @@ def make_loader(g, nids: torch.Tensor, fanouts: tuple[int, ...], batch_size: int
     return dgl.dataloading.DistNodeDataLoader(
         g, nids, make_sampler(fanouts), batch_size=batch_size, shuffle=shuffle, drop_last=False
     )
+
+
+def prefetched(batches: Iterator[Batch], depth: int) -> Iterator[Batch]:
+    """Produce batches on a background thread, `depth` ahead of the consumer.
+
+    Sampling and feature fetch are mostly waiting on graph servers (RPC) and C++ code, and the
+    train step mostly runs torch kernels; both release the GIL, so a thread overlaps them. All
+    DGL calls of an epoch happen on this one thread, never concurrently with the caller.
+    Each batch's `timings["wait"]` is how long the consumer was blocked waiting for it.
+    """
+    if depth <= 0:
+        yield from batches
+        return
+    queue: Queue = Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                while not stop.is_set():
+                    try:
+                        queue.put(batch, timeout=0.1)
+                        break
+                    except Full:
+                        continue
+                if stop.is_set():
+                    return
+            queue.put(done)
+        except BaseException as err:  # noqa: BLE001 - re-raised in the consumer
+            queue.put(err)
+
+    thread = threading.Thread(target=produce, name="distgnn-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            t0 = time.perf_counter()
+            item = queue.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            item.timings["wait"] = time.perf_counter() - t0
+            yield item
+    finally:
+        # The consumer may stop early (DDP step limit): let the producer finish its current
+        # batch and exit before anyone else touches DGL.
+        stop.set()
+        while thread.is_alive():
+            try:
+                queue.get(timeout=0.1)
+            except Empty:
+                pass
+        thread.join()
 
 
 def iterate_batches(g, loader, locality: PartLocality, *, feat_bytes_per_node: int) -> Iterator[Batch]:
