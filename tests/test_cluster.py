@@ -4,7 +4,6 @@ namespaces reached over real sshd (two parts)."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
@@ -120,16 +119,6 @@ def test_resume_and_predict_only(tmp_path, pubmed1):
 # -- two parts on two emulated hosts (network namespaces + sshd; needs root) --------------
 
 
-@pytest.fixture(scope="module")
-def emu():
-    from distgnn.emulation import EmulatedHosts
-
-    if os.geteuid() != 0:
-        pytest.fail("the multi-host tests need root (network namespaces, sshd); CI runs as root")
-    with EmulatedHosts(2, sshd=True) as hosts:
-        yield hosts
-
-
 def emu_hosts(tmp_path: Path, emu) -> tuple[Path, int]:
     port = free_port()
     path = tmp_path / "ip_config.txt"
@@ -177,7 +166,7 @@ def test_sampled_blocks_and_features_match_the_input_graph(tmp_path, pubmed2, em
         assert edges > 1000 and remote > 0, line
 
 
-def trainer_processes(run: Path) -> dict[int, "psutil.Process"]:
+def trainer_processes(run: Path) -> dict:
     """The run's trainer worker processes by global rank (torchrun sets RANK in their environment)."""
     import psutil
 

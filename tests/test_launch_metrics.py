@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from distgnn.errors import InputError
 from distgnn.metrics import Target, file_sd_path, format_announcement, parse_announcement, read_file_sd
 from clusterutil import LAUNCH, TESTS, free_port, only_run, wait_gone
-from test_launch_runner import emu, emu_hosts, make_shards, ssh_flags  # noqa: F401 (emu: a fixture)
+from test_launch_runner import emu_hosts, make_shards, ssh_flags
 
 WAIT_S = 60.0
 

@@ -4,11 +4,9 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,6 +14,8 @@ import numpy as np
 import psutil
 import pytest
 
+from clusterutil import LAUNCH, PY, TESTS, free_port, only_run, port_free, wait_gone
+from clusterutil import run_launch as _run_launch
 from distgnn.graph.data import GraphData
 from distgnn.ip_config import HostEntry
 from distgnn.launcher.config import LaunchConfig
@@ -24,17 +24,10 @@ from distgnn.launcher.run import stage_files
 from distgnn.partition.run import PartitionConfig
 from distgnn.partition.run import run as partition
 
-TESTS = Path(__file__).resolve().parent
-PY = sys.executable
-LAUNCH = [PY, "-m", "distgnn.launcher.cli"]
 RUN_TIMEOUT_S = 120
 LITERAL = ["--print", "a b", "--name", ";$(touch /tmp/pwned)|&`id`'\"\\ *"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_shards(folder: Path, parts: int) -> Path:
@@ -56,46 +49,22 @@ def launch_argv(hosts: Path, shards: Path, workspace: Path, *extra: str, train: 
     ]  # fmt: skip
 
 
+
+
+
+
+
+
+
+
 def run_launch(argv: list[str], timeout: float = RUN_TIMEOUT_S) -> tuple[subprocess.CompletedProcess, float]:
-    start = time.monotonic()
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-    return done, time.monotonic() - start
-
-
-def only_run(workspace: Path) -> Path:
-    (run,) = (workspace / "runs").iterdir()
-    return run
-
-
-def leftovers(run: Path) -> list[str]:
-    """Processes of the run still alive: every argv of a run names its run folder (--ip-config)."""
-    found = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        cmdline = proc.info["cmdline"] or []
-        if any(str(run) in part for part in cmdline) and proc.info["pid"] != os.getpid():
-            found.append(f"{proc.info['pid']}: {' '.join(cmdline)[:200]}")
-    return found
-
-
-def wait_gone(run: Path, timeout: float = 10.0) -> list[str]:
-    deadline = time.monotonic() + timeout
-    while (left := leftovers(run)) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return left
+    return _run_launch(argv, timeout)
 
 
 def args_lines(stdout: str) -> list[dict]:
     return [json.loads(line.split("ARGS ", 1)[1]) for line in stdout.splitlines() if "ARGS " in line]
 
 
-def port_free(address: str, port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((address, port))
-        except OSError:
-            return False
-    return True
 
 
 @pytest.fixture(scope="module")
@@ -258,16 +227,6 @@ def test_remote_exec_stops_the_whole_group(tmp_path, how):
 
 
 # -- remote hosts: real sshd per emulated host (network namespaces, needs root) ---------
-
-
-@pytest.fixture(scope="module")
-def emu():
-    from distgnn.emulation import EmulatedHosts
-
-    if os.geteuid() != 0:
-        pytest.fail("the ssh launcher tests need root (network namespaces, sshd); CI runs as root")
-    with EmulatedHosts(2, sshd=True) as hosts:
-        yield hosts
 
 
 def emu_hosts(tmp_path: Path, emu, addresses: list[str] | None = None) -> tuple[Path, int]:

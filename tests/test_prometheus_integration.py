@@ -304,15 +304,17 @@ def interpolate(expr: str, variables: dict[str, str]) -> str:
 
 
 @contextlib.contextmanager
-def prometheus_scraping(processes: ProcessSet, tmp: Path) -> Iterator[Prometheus]:
+def prometheus_scraping(processes: ProcessSet, tmp: Path, targets_file: Path | None = None) -> Iterator[Prometheus]:
     """A real Prometheus with the shipped config (rewritten only for the targets path and
-    the scrape interval) scraping `processes`; failures inside carry its log and theirs."""
+    the scrape interval) scraping `processes`; failures inside carry its log and theirs.
+    `targets_file`: a launcher's own file_sd file; by default one is written for `processes`."""
     import yaml
 
     from distgnn.metrics import file_sd_path, write_file_sd
 
-    targets_file = file_sd_path(tmp / "run")
-    write_file_sd(targets_file, processes.targets)
+    if targets_file is None:
+        targets_file = file_sd_path(tmp / "run")
+        write_file_sd(targets_file, processes.targets)
     # The shipped folder, copied so rules/*.yml resolve as they do in deploy/compose.yml.
     prom_dir = tmp / "prometheus"
     shutil.copytree(DEPLOY / "prometheus", prom_dir)
@@ -533,3 +535,51 @@ def test_dashboard_covers_what_the_issue_asks_for() -> None:
 
 if __name__ == "__main__":
     sys.exit(_worker(sys.argv[1:]))
+
+
+@pytest.mark.netns
+def test_real_two_host_training_is_scraped_through_the_launchers_targets(tmp_path: Path, emu) -> None:
+    """`launch` over ssh into 2 emulated hosts, real graph servers and trainers with metrics
+    on; Prometheus reads the launcher's own targets file while they train."""
+    import signal
+
+    from clusterutil import LAUNCH, free_port, wait_gone
+    from distgnn.metrics import file_sd_path, read_file_sd
+
+    graph = "synthetic:nodes=20000,degree=8,classes=8,feat_dim=32,seed=1"
+    shards = tmp_path / "shards"
+    subprocess.run([Path(sys.executable).parent / "partition", "--graph", graph, "--num-parts", "2",
+                    "--out", shards, "--quiet"], check=True, timeout=300)
+    hosts = tmp_path / "ip_config.txt"
+    hosts.write_text("".join(f"{h.address} {free_port()}\n" for h in emu.hosts))
+    base = free_port()
+    job = "real-run"
+    argv = [*LAUNCH, "--hosts", str(hosts), "--shards", str(shards), "--workspace", str(tmp_path / "ws"),
+            "--job-id", job, "--master-port", str(free_port()), "--metrics-port", str(base),
+            "--metrics-linger", "0", *[f"--ssh-option={o}" for o in emu.ssh_options()],
+            "--", "train", "--fanouts", "5,10", "--batch-size", "64", "--hidden", "32", "--epochs", "1000",
+            "--log-every", "5"]  # fmt: skip
+    launch = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              stdin=subprocess.DEVNULL)
+    run = tmp_path / "ws" / "runs" / job
+    targets_file = file_sd_path(run)
+    try:
+        deadline = time.monotonic() + 120
+        targets = []
+        # launcher + 2 graph servers + 2 trainers
+        while len(targets) < 5 and time.monotonic() < deadline and launch.poll() is None:
+            time.sleep(0.5)
+            targets = read_file_sd(targets_file) if targets_file.exists() else []
+        assert len(targets) == 5, f"targets: {targets}; launch exit {launch.poll()}"
+        processes = ProcessSet(targets=targets, stop=lambda: None)
+        with prometheus_scraping(processes, tmp_path, targets_file=targets_file) as prom:
+            check_prometheus_against(prom, processes, job=job, may_be_empty=frozenset(
+                {"distgnn_trainer_gpu_memory_bytes", "distgnn_trainer_amp_loss_scale"}))
+    finally:
+        launch.send_signal(signal.SIGTERM)
+        try:
+            launch.communicate(timeout=60)
+        finally:
+            if launch.poll() is None:
+                launch.kill()
+    assert wait_gone(run) == []

@@ -367,11 +367,32 @@ def _feat(table: pa.Table, dim: int, path: Path) -> np.ndarray:
 
 
 def read_part(folder: str | os.PathLike, verify: bool = True) -> PartShard:
-    """Read one part folder; with verify, check every file against part.json first."""
+    """Read one part folder; with verify, check every file against part.json.
+
+    The checksums are computed in a second thread while the tables are decoded (both
+    release the GIL); nothing is returned unless they match.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     folder = Path(folder)
     info = read_part_info(folder)
-    if verify:
-        verify_part(folder, info)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        checked = pool.submit(verify_part, folder, info) if verify else None
+        try:
+            nodes, edges, halo = _read_tables(folder, info)
+        except ShardError:
+            if checked is not None:
+                checked.result()  # a checksum mismatch is the better explanation
+            raise
+        if checked is not None:
+            checked.result()
+    lo, hi = info.node_range
+    if nodes.id.shape[0] != hi - lo:
+        raise ShardError(f"{folder / NODES}: {nodes.id.shape[0]} rows, part.json says {hi - lo}")
+    return PartShard(folder=folder, info=info, nodes=nodes, edges=edges, halo=halo)
+
+
+def _read_tables(folder: Path, info: PartInfo) -> tuple[PartNodes, PartEdges, PartHalo]:
     nodes_path, edges_path, halo_path = (folder / n for n in PART_FILES)
     nt = _read_table(nodes_path)
     schema = info.schema
@@ -392,10 +413,7 @@ def read_part(folder: str | os.PathLike, verify: bool = True) -> PartShard:
         id=_np(ht, "id", halo_path), orig_id=_np(ht, "orig_id", halo_path),
         part=_np(ht, "part", halo_path),
     )
-    lo, hi = info.node_range
-    if nodes.id.shape[0] != hi - lo:
-        raise ShardError(f"{nodes_path}: {nodes.id.shape[0]} rows, part.json says {hi - lo}")
-    return PartShard(folder=folder, info=info, nodes=nodes, edges=edges, halo=halo)
+    return nodes, edges, halo
 
 
 def read_assignment(root: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:

@@ -7,7 +7,6 @@ trainer has disconnected and the first trainer sends DGL's shutdown request.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
