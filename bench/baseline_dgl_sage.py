@@ -57,7 +57,13 @@ def main() -> int:
 
     from distgnn.partition import shards
 
+    from distgnn.ip_config import parse_ip_config
+    from distgnn.trainer.cluster import collective_env, host_index
+
     manifest = shards.read_manifest(args.shards)
+    # The one piece of our cluster set-up the baseline needs to connect at all on hosts
+    # that share a hostname: Gloo pinned to the host's ip_config interface.
+    os.environ.update(collective_env(parse_ip_config(args.ip_config)[host_index()].address))
     os.environ.update({"DGL_DIST_MODE": "distributed", "DGL_ROLE": "client",
                        "DGL_NUM_SAMPLER": str(args.samplers), "DGL_NUM_SERVER": str(args.servers_per_host),
                        "DGL_GROUP_ID": "0"})
@@ -106,4 +112,13 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        code = main()
+    except BaseException:  # noqa: BLE001 - DGL's exit barrier would hang the peers (DGL-NOTES pitfall 5)
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code) if code else sys.exit(0)

@@ -15,12 +15,14 @@ from clusterutil import LAUNCH, REPO, TESTS, free_port, only_run, port_free, run
 from distgnn import predictions, runlog
 
 BIN = Path(LAUNCH[0]).parent
-# Settings that reach ~0.78 test accuracy on PubMed's Planetoid split (60 training nodes):
-# full-neighbour evaluation, row-normalised TF-IDF features, Adam with L2 weight decay.
+# Settings that reach 0.77-0.78 test accuracy on PubMed's Planetoid split (60 training nodes):
+# full-neighbour evaluation, row-normalised TF-IDF features, Adam with L2 weight decay. One run
+# varies by about a point with the seed; bench/accuracy.py reports the mean over seeds, and a
+# single run here must clear 0.76 (a model that ignores the graph stays near 0.71).
 PUBMED_TRAIN = [
     "--fanouts", "10,25", "--eval-fanouts=-1,-1", "--batch-size", "32", "--hidden", "128",
     "--dropout", "0.5", "--lr", "0.01", "--optimizer", "adam", "--weight-decay", "5e-4",
-    "--feature-norm", "row", "--epochs", "60", "--eval-every", "5",
+    "--feature-norm", "row", "--epochs", "60", "--eval-every", "1",
 ]  # fmt: skip
 CLUSTER_TIMEOUT_S = 300
 
@@ -90,7 +92,7 @@ def test_one_host_two_trainers_pubmed(tmp_path, pubmed1):
     sums = summaries(run)
     assert len(sums) == 2
     assert len({s.param_digest for s in sums}) == 1, "DDP must leave identical parameters on every rank"
-    assert sums[0].test_acc >= 0.77, sums[0]
+    assert sums[0].test_acc >= 0.76, sums[0]
     check_predictions(tmp_path / "pred", 19717)
     # Batch inference uses the best-val model with all neighbours: as good as the sampled test.
     assert pubmed_test_accuracy(tmp_path / "pred") >= 0.76
@@ -114,6 +116,20 @@ def test_resume_and_predict_only(tmp_path, pubmed1):
     third, _ = run_launch(launch(hosts, pubmed1, tmp_path / "c", "--job-id", "c", train=predict), CLUSTER_TIMEOUT_S)
     assert third.returncode == 0, third.stderr[-3000:]
     check_predictions(tmp_path / "pred", 19717)
+
+
+def test_backup_servers_and_sampler_processes(tmp_path, pubmed1):
+    """Two graph servers per host (DGL's backup servers) and one sampler process per trainer:
+    servers must expect trainers x (1 + samplers) clients, or they wait forever."""
+    hosts, port = local_hosts(tmp_path)
+    argv = launch(hosts, pubmed1, tmp_path / "ws", "--servers-per-host", "2", "--samplers", "1",
+                  "--trainers-per-host", "2", train=["--epochs", "2", "--batch-size", "32", "--hidden", "16"])
+    done, _ = run_launch(argv, CLUSTER_TIMEOUT_S)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "[127.0.0.1 server 1] Server (1) shutdown." in done.stdout
+    assert len(summaries(only_run(tmp_path / "ws"))) == 2
+    assert wait_gone(only_run(tmp_path / "ws")) == []
+    assert port_free("127.0.0.1", port) and port_free("127.0.0.1", port + 1)
 
 
 # -- two parts on two emulated hosts (network namespaces + sshd; needs root) --------------

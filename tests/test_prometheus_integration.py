@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
 PROMETHEUS = shutil.which("prometheus")

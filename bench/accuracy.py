@@ -1,0 +1,90 @@
+"""PubMed accuracy, 1 partition x 1 trainer against 2 partitions x 1 trainer (not a test).
+
+Each configuration trains with the same settings for several seeds through the real
+`launch` (one host on this machine; two hosts emulated in network namespaces over ssh) and
+reports the test accuracy at the best validation epoch: per seed, the mean, and the gap
+between the two. Needs root for the two-host runs.
+
+    python bench/accuracy.py [--seeds 0,1,2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PY = sys.executable
+TRAIN = [
+    "--fanouts", "10,25", "--eval-fanouts=-1,-1", "--batch-size", "64", "--hidden", "128",
+    "--dropout", "0.5", "--lr", "0.01", "--optimizer", "adam", "--weight-decay", "5e-4",
+    "--feature-norm", "row", "--epochs", "60", "--eval-every", "1",
+]  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def partition(out: Path, parts: int) -> Path:
+    subprocess.run([Path(PY).parent / "partition", "--graph", REPO / "data" / "pubmed", "--num-parts", str(parts),
+                    "--out", out, "--quiet"], check=True)
+    return out
+
+
+def train_once(hosts: Path, shards: Path, work: Path, job: str, seed: int, ssh: list[str]) -> float:
+    from distgnn import runlog
+
+    argv = [PY, "-m", "distgnn.launcher.cli", "--hosts", str(hosts), "--shards", str(shards),
+            "--workspace", str(work), "--job-id", job, "--master-port", str(free_port()), "--metrics-port", "0",
+            *[f"--ssh-option={o}" for o in ssh], "--", "train", *TRAIN, "--seed", str(seed)]
+    done = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if done.returncode != 0:
+        raise RuntimeError(f"{job} failed:\n{done.stderr[-3000:]}")
+    (log, *_) = runlog.read_run(work / "runs" / job)
+    return log.summary.test_acc
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", default="0,1,2")
+    args = p.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    if os.geteuid() != 0:
+        print("bench/accuracy.py: needs root for the emulated second host", file=sys.stderr)
+        return 2
+    from distgnn.emulation import EmulatedHosts
+
+    results: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory(prefix="distgnn-acc-") as tmp:
+        work = Path(tmp)
+        one, two = partition(work / "p1", 1), partition(work / "p2", 2)
+        local = work / "ip1.txt"
+        local.write_text(f"127.0.0.1 {free_port()}\n")
+        results["1 partition x 1 trainer"] = [train_once(local, one, work, f"one-{s}", s, []) for s in seeds]
+        print("1 partition:", results["1 partition x 1 trainer"], flush=True)
+        with EmulatedHosts(2, sshd=True) as emu:
+            pair = work / "ip2.txt"
+            pair.write_text("".join(f"{h.address} {free_port()}\n" for h in emu.hosts))
+            results["2 partitions x 1 trainer"] = [
+                train_once(pair, two, work, f"two-{s}", s, emu.ssh_options()) for s in seeds
+            ]
+    print(f"\nPubMed (Planetoid split), test accuracy at the best validation epoch, seeds {seeds}")
+    means = {}
+    for name, accs in results.items():
+        means[name] = sum(accs) / len(accs)
+        print(f"  {name:26} " + "  ".join(f"{a:.3f}" for a in accs) + f"   mean {means[name]:.4f}")
+    a, b = means.values()
+    print(f"  gap (2 partitions - 1 partition): {100 * (b - a):+.2f} points")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
