@@ -166,3 +166,31 @@ def test_compute_modules_do_not_import_dgl():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_byte_dropout_drops_p_and_keeps_the_expectation():
+    from distgnn.trainer.model import ByteDropout
+
+    torch.manual_seed(0)
+    drop = ByteDropout(0.5)
+    h = torch.ones(200, 500)
+    out = drop(h)
+    dropped = (out == 0).float().mean().item()
+    assert abs(dropped - 0.5) < 0.01
+    assert torch.allclose(out[out != 0], torch.full_like(out[out != 0], 2.0))
+    assert abs(out.mean().item() - 1.0) < 0.02
+    drop.eval()
+    assert drop(h) is h
+    assert ByteDropout(0.1).p == 26 / 256 and ByteDropout(0.0)(h) is h
+
+
+def test_byte_dropout_gradient_flows_only_through_kept_entries():
+    from distgnn.trainer.model import ByteDropout
+
+    torch.manual_seed(1)
+    h = torch.randn(64, 32, requires_grad=True)
+    out = ByteDropout(0.25)(h)
+    out.sum().backward()
+    kept = out.detach() != 0
+    assert torch.allclose(h.grad[kept], torch.full_like(h.grad[kept], 1 / 0.75))
+    assert torch.all(h.grad[~kept] == 0)

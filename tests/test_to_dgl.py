@@ -138,3 +138,24 @@ def test_corrupt_shard_is_refused_and_leaves_no_cache(tmp_path):
     with pytest.raises(ShardError, match="nodes.parquet"):
         to_dgl.cached_materialize(copy, tmp_path / "cache")
     assert list((tmp_path / "cache").iterdir()) == []
+
+
+@pytest.mark.parametrize("damage", ["endpoint_not_in_halo", "endpoint_out_of_range", "halo_out_of_range"])
+def test_part_graph_refuses_edges_or_halo_outside_the_part(tmp_path, damage):
+    from partition_graphs import random_graph
+
+    _partition(random_graph(), tmp_path / "s", 2)
+    shard = shards.read_part(shards.part_dir(tmp_path / "s", 0))
+    lo, hi = shard.info.node_range
+    outside = np.setdiff1d(np.arange(shard.info.num_nodes), np.arange(lo, hi))
+    src = np.array(shard.edges.src)
+    if damage == "endpoint_not_in_halo":
+        src[0] = np.setdiff1d(outside, shard.halo.id)[0]
+    elif damage == "endpoint_out_of_range":
+        src[0] = shard.info.num_nodes
+    else:
+        shard.halo.id = np.append(shard.halo.id, shard.info.num_nodes)
+    shard.edges.src = src
+    expected = "halo.parquet: a halo id is not" if damage == "halo_out_of_range" else "edges.parquet: an edge endpoint"
+    with pytest.raises(ShardError, match=expected):
+        to_dgl.local_graph_arrays(shard)

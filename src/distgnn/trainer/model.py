@@ -104,6 +104,33 @@ def mean_aggregate(layer: LayerGraph, h_src: torch.Tensor) -> torch.Tensor:
     return out.to(h_src.dtype)
 
 
+class ByteDropout(nn.Module):
+    """Dropout whose mask is drawn as random bytes, eight per 64-bit random word.
+
+    torch's dropout draws one random number per element, which on CPU cost more than the
+    matrix products of a GraphSAGE step (about 20% of it, measured on a 25,000 x 256 hidden
+    layer). Drawing bytes is ~7x cheaper; the price is that p is rounded to a multiple of
+    1/256 (exact for 0.5 and 0.25; 0.1 becomes 0.1016), and `p` reports the rounded value.
+    """
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.threshold = round(p * 256)
+        self.p = self.threshold / 256
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.threshold == 0:
+            return h
+        n = h.numel()
+        words = torch.randint(-(2**63), 2**63 - 1, ((n + 7) // 8,), dtype=torch.int64, device=h.device)
+        keep = words.view(torch.uint8)[:n].view(h.shape) >= self.threshold
+        # A float mask and one multiply: boolean masked_fill is several times slower on CPU.
+        return h * (keep.to(h.dtype) * (1.0 / (1.0 - self.p)))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 class SAGELayer(nn.Module):
     """GraphSAGE with mean aggregation, the computation of dgl.nn.SAGEConv(..., 'mean').
 
@@ -181,7 +208,7 @@ class GraphSAGE(nn.Module):
             feature_norm=feature_norm,
         )
         self.layers = nn.ModuleList(SAGELayer(i, o) for i, o in self.cfg.layer_dims())
-        self.dropout = nn.Dropout(self.cfg.dropout)
+        self.dropout = ByteDropout(self.cfg.dropout)
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> GraphSAGE:
