@@ -36,7 +36,7 @@ def estimate(*, num_nodes: int, num_edges: int, feat_dim: int, num_parts: int, m
     graph = edges + feats + small
     load = graph * 3 // 2  # readers hold a column or two twice while converting
     if method == "metis" and num_parts > 1:
-        csr = graph + adj * (2 * _ID + 1)  # sort keys, de-dup mask, compacted copy
+        csr = graph + adj * (2 * _ID + 1)  # 32-bit row/col ids, SciPy CSR, its int64 copy
         resident = small if edges + feats >= _SPILL_BYTES else graph  # the rest is spilled
         metis = resident + adj * _ID + n * 4 * _ID + adj * _METIS_PER_ADJ + n * _METIS_PER_NODE
     else:

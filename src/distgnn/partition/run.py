@@ -132,9 +132,36 @@ def spill_to_disk(graph: GraphData, folder: Path) -> None:
         np.save(path, array, allow_pickle=False)
         del array
         setattr(graph, name, np.load(path, mmap_mode="r"))
+    release_free_memory()
+
+
+def release_free_memory() -> None:
+    """Return freed heap memory to the OS: buffers a Parquet reader or writer left in
+    Arrow's pool, and glibc arena pages freed by NumPy, SciPy and the writer threads."""
+    import ctypes
+
     import pyarrow
 
-    pyarrow.default_memory_pool().release_unused()  # buffers a Parquet reader left pooled
+    pyarrow.default_memory_pool().release_unused()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
+
+
+def drop_spilled_pages(graph: GraphData) -> None:
+    """Unmap the pages of the spilled arrays that the write phase read in.
+
+    They are file pages of the page cache, yet count in this process's RSS while
+    mapped (0.9 GB on the 2M-node graph), and whoever materialises DGL files in this
+    process next would carry them; the data stays readable, it faults back in on use.
+    """
+    import mmap
+
+    for name in ("src", "dst", "feat"):
+        mapped = getattr(getattr(graph, name), "_mmap", None)
+        if mapped is not None:
+            mapped.madvise(mmap.MADV_DONTNEED)
 
 
 def assign(graph: GraphData, config: PartitionConfig, vwgt: np.ndarray, meter: PhaseMeter,
@@ -207,6 +234,8 @@ def partition_graph(graph: GraphData, config: PartitionConfig, meter: PhaseMeter
     del layout, vwgt
     # the maps stay valid after the unlink; the files must not reach the manifest
     shutil.rmtree(staged / SPILL, ignore_errors=True)
+    drop_spilled_pages(graph)
+    release_free_memory()
     report["phases"] = meter.to_json()
     report["seconds"] = round(time.perf_counter() - start + meter.seconds("load"), 4)
     shards.write_manifest(staged, _manifest_data(graph, config, base, report), known)

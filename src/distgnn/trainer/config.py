@@ -99,6 +99,10 @@ class TrainConfig:
             raise InputError(f"--samplers {self.samplers}: must be at least 0")
         if self.prefetch < 0:
             raise InputError(f"--prefetch {self.prefetch}: must be at least 0")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise InputError(f"--min-lr-ratio {self.min_lr_ratio}: must be in [0, 1]")
+        if self.warmup_epochs < 0:
+            raise InputError(f"--warmup-epochs {self.warmup_epochs}: must be at least 0")
         if self.eval_every < 1:
             raise InputError(f"--eval-every {self.eval_every}: must be at least 1")
         if self.patience < 0:
@@ -156,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimizer", default="adamw", help="adamw (decoupled weight decay) or adam (L2 weight decay)")
     p.add_argument("--feature-norm", default="none", help="row: L1-normalise input feature rows; none")
     p.add_argument("--warmup-epochs", type=int, default=1)
-    p.add_argument("--clip-norm", type=float, default=1.0)
+    p.add_argument("--min-lr-ratio", type=float, default=0.05, help="cosine decay ends at this fraction of --lr (1: constant)")
+    p.add_argument("--clip-norm", type=float, default=1.0, help="gradient-norm clipping (0: off)")
     p.add_argument("--eval-every", type=int, default=1, help="evaluate on val/test every K epochs")
     p.add_argument("--patience", type=int, default=0, help="early stopping: evaluations without val improvement")
     p.add_argument("--precision", default="fp32", help="fp32, bf16 or fp16 (fp16 needs a GPU)")
@@ -194,6 +199,7 @@ def config_from_args(argv: list[str] | None = None) -> TrainConfig:
         optimizer=ns.optimizer,
         feature_norm=ns.feature_norm,
         warmup_epochs=ns.warmup_epochs,
+        min_lr_ratio=ns.min_lr_ratio,
         clip_norm=ns.clip_norm,
         eval_every=ns.eval_every,
         patience=ns.patience,
