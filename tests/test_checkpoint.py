@@ -64,7 +64,7 @@ def run_steps(run, batches):
 
 def state_of(run, best=0.5, patience=1):
     return make_state(**run, model_config=run["model"].config(), train_config=TRAIN_CONFIG,
-                      best_val_acc=best, patience_counter=patience)
+                      progress={"best_val": best, "evals_without_improvement": patience})
 
 
 def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
@@ -79,8 +79,8 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
     torch.manual_seed(999), random.seed(999), np.random.seed(999)
     resumed = new_run(seed=123)
     state = load_checkpoint(latest_checkpoint(tmp_path), model_config=resumed["model"].config())
-    apply_state(state, **resumed)
-    assert (state["epoch"], state["best_val_acc"], state["patience_counter"]) == (3, 0.75, 2)
+    progress = apply_state(state, **resumed)
+    assert state["epoch"] == 3 and progress == {"best_val": 0.75, "evals_without_improvement": 2}
     assert state["train_config"] == TRAIN_CONFIG
     assert resumed["optimizer"].param_groups[0]["lr"] == first["optimizer"].param_groups[0]["lr"]
     run_steps(resumed, batches[3:])

@@ -182,3 +182,13 @@ def test_torchrun_root_cause_is_read_from_its_report():
     assert torchrun_root_cause(tail) == "trainer global rank 3 exit code 9"
     assert torchrun_root_cause([*tail[:-1], "  exitcode  : -9 (pid: 1)"]) == "trainer global rank 3 killed by SIGKILL"
     assert torchrun_root_cause(["Traceback (most recent call last):"]) is None
+
+
+def test_root_cause_tail_is_the_workers_traceback_not_torchruns_report():
+    from distgnn.launcher.supervise import before_torchrun_report
+
+    worker = ["epoch 3", "Traceback (most recent call last):", '  File "loop.py", line 9', "ValueError: boom"]
+    torchrun = ["Traceback (most recent call last):", '  File "<frozen runpy>", line 198, in _run_module_as_main',
+                '  File "/v/torch/distributed/run.py", line 816, in <module>', "ChildFailedError:", "Root Cause"]
+    assert before_torchrun_report(worker + torchrun) == worker
+    assert before_torchrun_report(worker) == worker

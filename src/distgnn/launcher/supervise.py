@@ -24,6 +24,9 @@ from distgnn.launcher.runner import Running
 from distgnn.metrics import parse_announcement
 
 TAIL_LINES = 20
+"""Log lines shown in a root-cause report."""
+TAIL_KEPT = 400
+"""Log lines kept per process: enough to find a trainer's traceback above torchrun's report."""
 _TORCHRUN_RANK = re.compile(r"^\s*rank\s*:\s*(\d+)")
 _TORCHRUN_EXIT = re.compile(r"^\s*exitcode\s*:\s*(-?\d+)")
 
@@ -119,7 +122,7 @@ class Supervisor:
         """Start streaming a freshly started process's output."""
         spec = proc.spec
         spec.log_path.parent.mkdir(parents=True, exist_ok=True)
-        tail: deque = deque(maxlen=TAIL_LINES)
+        tail: deque = deque(maxlen=TAIL_KEPT)
         reader = threading.Thread(target=self._pump, args=(proc, tail), daemon=True, name=f"log {spec.label}")
         self._watched.append(_Watched(proc, tail, reader))
         self._monitor.started(spec)
@@ -240,9 +243,18 @@ class Supervisor:
             signal=sig,
             time=w.ended_at or time.time(),
             log_path=str(spec.log_path),
-            log_tail=list(w.tail),
+            log_tail=(before_torchrun_report(list(w.tail)) if spec.role == "trainer" else list(w.tail))[-TAIL_LINES:],
             worker=torchrun_root_cause(list(w.tail)) if spec.role == "trainer" else None,
         )
+
+
+def before_torchrun_report(lines: list[str]) -> list[str]:
+    """A trainer group's log up to torchrun's own traceback and failure summary: what the
+    failed worker printed (its traceback) is the useful tail, not torchrun's report of it."""
+    for i in range(len(lines) - 1, -1, -1):
+        if lines[i].startswith("Traceback") and any("torch/distributed/run.py" in line for line in lines[i : i + 8]):
+            return lines[:i] or lines
+    return lines
 
 
 def torchrun_root_cause(lines: list[str]) -> str | None:

@@ -179,20 +179,24 @@ def make_state(
     scaler: Any,
     model_config: dict[str, Any],
     train_config: dict[str, Any],
-    best_val_acc: float,
-    patience_counter: int,
+    progress: dict[str, Any],
+    rng: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Everything a resumed run needs, in the layout load_checkpoint and apply_state expect."""
+    """Everything a resumed run needs, in the layout load_checkpoint and apply_state expect.
+
+    `progress`: the loop's own counters (epoch, best accuracy, patience, ...), plain types only.
+    `rng`: one captured RNG state per rank (a distributed run gathers them on rank 0); by
+    default this process's.
+    """
     return {
         "model": _bare(model).state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict(),
-        "rng": capture_rng_state(),
+        "rng": rng if rng is not None else [capture_rng_state()],
         "model_config": dict(model_config),
         "train_config": dict(train_config),
-        "best_val_acc": float(best_val_acc),
-        "patience_counter": int(patience_counter),
+        "progress": dict(progress),
     }
 
 
@@ -203,12 +207,17 @@ def apply_state(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     scaler: Any,
-) -> None:
-    """Load a checkpoint's model, optimizer, scheduler, scaler and RNG states into live objects."""
+    rank: int = 0,
+) -> dict[str, Any]:
+    """Load a checkpoint's model, optimizer, scheduler, scaler and this rank's RNG state into
+    live objects; returns the saved progress. A run resumed with more ranks than it saved
+    reuses the saved states round-robin."""
     _bare(model).load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     # A disabled scaler (fp32/bf16 run) saves {}; an fp16 run resuming from it starts with a fresh scale.
     if state["scaler"]:
         scaler.load_state_dict(state["scaler"])
-    restore_rng_state(state["rng"])
+    rngs = state["rng"]
+    restore_rng_state(rngs[rank % len(rngs)])
+    return state["progress"]

@@ -6,6 +6,7 @@ run log through `log`; it never asks whether either is switched on.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import time
@@ -91,36 +92,26 @@ class Trainer:
             raise InputError(f"--resume: no complete checkpoint in {self.cfg.checkpoint_dir}")
         flag = "--resume" if self.cfg.resume else "--predict-only"
         state = ckpt.load_checkpoint(path, model_config=self.model.config(), flag=flag)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        if state["scaler"]:  # empty when the checkpoint was written without fp16
-            self.scaler.load_state_dict(state["scaler"])
-        p = state["progress"]
-        self.progress = Progress(**p)
-        rng = state["rng"]
-        ckpt.restore_rng_state(rng[self.cluster.rank % len(rng)])
+        progress = ckpt.apply_state(
+            state, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
+            rank=self.cluster.rank,
+        )
+        self.progress = Progress(**progress)
 
     def save(self) -> None:
+        if self.cfg.checkpoint_dir is None:  # the same on every rank: no one enters the gather
+            return
         # Every rank's RNG state travels to rank 0 so a resumed run continues each rank's stream.
         rngs = [None] * self.cluster.world_size
         dist.all_gather_object(rngs, ckpt.capture_rng_state())
-        if self.cluster.rank != 0 or self.cfg.checkpoint_dir is None:
+        if self.cluster.rank != 0:
             return
-        ckpt.save_checkpoint(
-            self.cfg.checkpoint_dir,
-            self.progress.epoch,
-            {
-                "model": self.model.state_dict(),
-                "model_config": self.model.config(),
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(),
-                "progress": self.progress.__dict__,
-                "rng": rngs,
-                "config": self.cfg.to_json(),
-            },
+        state = ckpt.make_state(
+            model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
+            model_config=self.model.config(), train_config=self.cfg.to_json(),
+            progress=dataclasses.asdict(self.progress), rng=rngs,
         )
+        ckpt.save_checkpoint(self.cfg.checkpoint_dir, self.progress.epoch, state)
 
     # -- training ----------------------------------------------------------------------------
 
