@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from distgnn.errors import InputError
 from distgnn.graph.data import GraphData
@@ -120,6 +119,10 @@ def line_of_row(path: Path, layout: Layout, row: int) -> int:
 
 
 def _parse(path: Path, layout: Layout, progress) -> tuple[np.ndarray, np.ndarray]:
+    # imported here: pandas adds 40 MB to every process that loads distgnn.graph, and
+    # `partition` keeps its RSS low while METIS runs
+    import pandas as pd
+
     size = path.stat().st_size
     src_parts, dst_parts = [], []
     with path.open("rb") as handle:
@@ -143,7 +146,7 @@ def read_edge_list(path: Path, *, progress=None) -> tuple[np.ndarray, np.ndarray
     layout = sniff(path)
     try:
         src, dst = _parse(path, layout, progress)
-    except (ValueError, OverflowError, pd.errors.ParserError) as exc:
+    except (ValueError, OverflowError) as exc:  # pandas' ParserError is a ValueError
         message = find_bad_line(path, layout)
         if message is None:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -25,6 +25,8 @@ LARGE_EDGES = 1_000_000
 SPILL_BYTES = 256 * 2**20
 """Edge and feature arrays at least this big are moved to disk while METIS runs."""
 SPILL = ".spill"
+SPILLED = ("src", "dst", "feat", "label")
+"""GraphData arrays moved to disk while METIS runs (the masks are small)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -116,7 +118,7 @@ def publish(staged: Path, out: Path) -> None:
 
 
 def spill_to_disk(graph: GraphData, folder: Path) -> None:
-    """Replace graph.src/dst/feat by read-only memory maps of copies in `folder`.
+    """Replace graph.src/dst/feat/label by read-only memory maps of copies in `folder`.
 
     METIS 5.1 keeps its whole coarsening hierarchy in memory; the edge list and the
     features are not needed again until METIS returns, so parking them in the page
@@ -124,7 +126,7 @@ def spill_to_disk(graph: GraphData, folder: Path) -> None:
     with its on-disk option. Callers must hold no other reference to these arrays.
     """
     folder.mkdir()
-    for name in ("src", "dst", "feat"):
+    for name in SPILLED:
         array = getattr(graph, name)
         if array is None:
             continue
@@ -158,7 +160,7 @@ def drop_spilled_pages(graph: GraphData) -> None:
     """
     import mmap
 
-    for name in ("src", "dst", "feat"):
+    for name in SPILLED:
         mapped = getattr(getattr(graph, name), "_mmap", None)
         if mapped is not None:
             mapped.madvise(mmap.MADV_DONTNEED)
