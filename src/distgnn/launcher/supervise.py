@@ -50,6 +50,9 @@ class ProcessFailure:
     """Last lines of its output."""
     worker: str | None = None
     """For a trainer group: torchrun's own root cause (global rank and its exit code), when it printed one."""
+    lost_peer: bool = False
+    """Its output says a collective peer went away (Gloo/NCCL connection reset or closed): a
+    consequence of another process's failure, never the root cause while there is another."""
 
     def describe(self) -> str:
         how = f"killed by {self.signal}" if self.signal else f"exit code {self.exit_code}"
@@ -57,12 +60,15 @@ class ProcessFailure:
             how += " (255: ssh lost the connection, or the command's own status)"
         clock = time.strftime("%H:%M:%S", time.localtime(self.time))
         worker = f" ({self.worker})" if self.worker else ""
-        return f"host {self.host} {self.role} rank {self.rank}: {how}{worker} at {clock}"
+        peer = ", after losing a peer" if self.lost_peer else ""
+        return f"host {self.host} {self.role} rank {self.rank}: {how}{worker}{peer} at {clock}"
 
 
 @dataclass(kw_only=True)
 class RunResult:
-    """How a run ended. failures[0], the earliest, is the root cause."""
+    """How a run ended. failures[0] is the root cause: the earliest failure that did not merely
+    lose a collective peer (a killed trainer's peers often die of that before the launcher has
+    seen the kill), else the earliest."""
 
     status: str
     """'succeeded', 'failed' or 'interrupted'."""
@@ -104,6 +110,7 @@ class Supervisor:
         stop_grace_s: float,
         server_linger_s: float,
         poll_s: float = 0.1,
+        settle_s: float = 3.0,
         monitor: RunMonitor | NullMonitor = NULL_MONITOR,
     ) -> None:
         self._out = out
@@ -116,6 +123,10 @@ class Supervisor:
         self.stop_grace_s = stop_grace_s
         self.server_linger_s = server_linger_s
         self.poll_s = poll_s
+        # After the first failure, how long other processes may still fail on their own before
+        # the teardown: a SIGKILLed trainer's torchrun reports it a second or two after its
+        # peers have already died of the lost connection, and the kill is the root cause.
+        self.settle_s = settle_s
         self.started = time.time()
 
     def add(self, proc: Running) -> None:
@@ -172,7 +183,7 @@ class Supervisor:
             w.reader.join(timeout=2.0)
         return RunResult(
             status=status,
-            failures=[self._failure(w) for w in sorted(failed, key=lambda w: w.ended_at)],
+            failures=sorted((self._failure(w) for w in failed), key=lambda f: (f.lost_peer, f.time)),
             exit_codes={w.proc.spec.label: w.exit_code for w in self._watched},
             stop_reason=self._stop_reason,
             stop_signal=self.stop_signal if status == "interrupted" else None,
@@ -183,13 +194,16 @@ class Supervisor:
     def _watch_until_end(self, failed: list[_Watched]) -> str:
         trainers = [w for w in self._watched if w.proc.spec.role == "trainer"]
         linger_until: float | None = None
+        settle_until: float | None = None
         while True:
             for w in self._poll():
                 failure = w.exit_code != 0 and not self._stop.is_set()
                 self._tell_end(w, succeeded=w.exit_code == 0, failure=failure)
                 if failure:
                     failed.append(w)
-            if failed:
+            if failed and settle_until is None:
+                settle_until = time.monotonic() + self.settle_s
+            if failed and (time.monotonic() >= settle_until or all(w.ended_at is not None for w in self._watched)):
                 self._stop_reason = self._stop_reason or f"{failed[0].proc.spec.label} failed"
                 return "failed"
             if self._stop.is_set():
@@ -234,6 +248,9 @@ class Supervisor:
         if code is not None and code < 0:
             sig = signal.Signals(-code).name
             code = None
+        lines = list(w.tail)
+        trainer = spec.role == "trainer"
+        own = before_torchrun_report(lines) if trainer else lines
         return ProcessFailure(
             host=spec.host,
             host_index=spec.host_index,
@@ -243,9 +260,28 @@ class Supervisor:
             signal=sig,
             time=w.ended_at or time.time(),
             log_path=str(spec.log_path),
-            log_tail=(before_torchrun_report(list(w.tail)) if spec.role == "trainer" else list(w.tail))[-TAIL_LINES:],
-            worker=torchrun_root_cause(list(w.tail)) if spec.role == "trainer" else None,
+            log_tail=own[-TAIL_LINES:],
+            worker=torchrun_root_cause(lines) if trainer else None,
+            lost_peer=not killed_by_signal(code, lines) and lost_a_peer(own),
         )
+
+
+_PEER_LOSS = re.compile(
+    r"Connection (reset|closed) by peer|Broken pipe|gloo/transport/.*(Read|Write) error"
+    r"|NCCL.*(remote process exited|unhandled system error)|ProcessGroupNCCL.*Watchdog caught collective"
+)
+
+
+def killed_by_signal(exit_code: int | None, lines: list[str]) -> bool:
+    """Ended by a signal, itself or (for a torchrun group) its first failed worker: a cause,
+    even when the group's other workers then report the lost connection."""
+    worker = _torchrun_failed_worker(lines)
+    return exit_code is None or (worker is not None and worker[1] < 0)
+
+
+def lost_a_peer(lines: list[str]) -> bool:
+    """Whether a process's own output shows it failed because a collective peer vanished."""
+    return any(_PEER_LOSS.search(line) for line in lines)
 
 
 def before_torchrun_report(lines: list[str]) -> list[str]:
@@ -257,17 +293,23 @@ def before_torchrun_report(lines: list[str]) -> list[str]:
     return lines
 
 
-def torchrun_root_cause(lines: list[str]) -> str | None:
-    """torchrun's 'Root Cause' block names the first failed worker: pick its rank and exit code."""
-    rank = code = None
+def _torchrun_failed_worker(lines: list[str]) -> tuple[int, int] | None:
+    """(global rank, exit code) from torchrun's 'Root Cause' block; a negative code is a signal."""
+    rank = None
     for line in lines:
         if rank is None and (m := _TORCHRUN_RANK.match(line)):
             rank = int(m.group(1))
         elif rank is not None and (m := _TORCHRUN_EXIT.match(line)):
-            code = int(m.group(1))
-            break
-    if rank is None or code is None:
+            return rank, int(m.group(1))
+    return None
+
+
+def torchrun_root_cause(lines: list[str]) -> str | None:
+    """torchrun's 'Root Cause' block names the first failed worker: pick its rank and exit code."""
+    found = _torchrun_failed_worker(lines)
+    if found is None:
         return None
+    rank, code = found
     if code < 0 and -code in signal.valid_signals():
         return f"trainer global rank {rank} killed by {signal.Signals(-code).name}"
     return f"trainer global rank {rank} exit code {code}"
