@@ -137,7 +137,7 @@ def test_crash_between_temp_write_and_rename_keeps_previous_latest(tmp_path):
     proc = subprocess.run([sys.executable, "-c", CRASH_SCRIPT, str(tmp_path)], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 17, proc.stderr
-    leftovers = [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+    leftovers = [p for p in tmp_path.iterdir() if p.name.startswith(".epoch-00002.pt.") and p.name.endswith(".tmp")]
     assert len(leftovers) == 1 and leftovers[0].stat().st_size > 0
     assert latest_checkpoint(tmp_path) == tmp_path / "epoch-00001.pt"
     assert load_checkpoint(latest_checkpoint(tmp_path), model_config={})["payload"] == [1]

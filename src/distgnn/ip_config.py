@@ -193,8 +193,9 @@ def dgl_readable(path: str | Path) -> Path:
     normalising the same user file, hand DGL identical files without coordinating.
     """
     import hashlib
-    import os
     import tempfile
+
+    from distgnn.atomic import atomic_write_text
 
     path = Path(path)
     entries = parse_ip_config(path)
@@ -204,8 +205,5 @@ def dgl_readable(path: str | Path) -> Path:
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
     target = Path(tempfile.gettempdir()) / f"distgnn-ip_config-{digest}.txt"
     if not target.exists():
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".distgnn-ip_config-")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, target)
+        atomic_write_text(target, text)
     return target

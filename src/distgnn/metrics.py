@@ -29,7 +29,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -47,6 +46,7 @@ from prometheus_client import (
 )
 
 from distgnn import __version__, ports
+from distgnn.atomic import atomic_write_text
 from distgnn.errors import InputError
 
 NAMESPACE = "distgnn"
@@ -719,23 +719,12 @@ def write_file_sd(path: str | os.PathLike[str], targets: Sequence[Target]) -> No
     path = Path(path)
     groups = [{"targets": [t.hostport], "labels": dict(sorted(t.labels.items()))} for t in targets]
     text = json.dumps(groups, indent=2) + "\n"
-    tmp: str | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        # mkstemp creates 0600; Prometheus (a container user in deploy/compose.yml) must read it.
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-        tmp = None
+        # 0644: Prometheus (a container user in deploy/compose.yml) must read it.
+        atomic_write_text(path, text, mode=0o644)
     except OSError as exc:
         raise InputError(f"targets file {path}: cannot write it ({exc.strerror or exc})") from exc
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
 
 
 def read_file_sd(path: str | os.PathLike[str]) -> list[Target]:

@@ -7,12 +7,13 @@ sees a half-written file.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from distgnn.atomic import atomic_write
 
 
 def rank_file(out_dir: Path, rank: int) -> Path:
@@ -35,11 +36,7 @@ def write_rank(out_dir: Path, *, rank: int, orig_id, pred, probs, embedding) -> 
             "embedding": _fixed_list(embedding),
         }
     )
-    final = rank_file(out_dir, rank)
-    tmp = final.with_name(f".{final.name}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, final)
-    return final
+    return atomic_write(rank_file(out_dir, rank), lambda f: pq.write_table(table, f))
 
 
 def read_all(out_dir: Path) -> pa.Table:

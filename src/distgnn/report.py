@@ -4,15 +4,14 @@ and a summary table, from the run's own run logs (distgnn.runlog), no Prometheus
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from distgnn.atomic import atomic_write
 from distgnn.errors import InputError
 from distgnn.runlog import RankLog, read_run
 
@@ -184,19 +183,10 @@ def render_png(logs: Sequence[RankLog], out: Path) -> None:
 
 
 def _save(fig: object, out: Path) -> None:
-    tmp: str | None = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".png", dir=out.parent)
-        with os.fdopen(fd, "wb") as stream:
-            fig.savefig(stream, format="png", dpi=100)  # type: ignore[attr-defined]
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-        tmp = None
+        atomic_write(out, lambda stream: fig.savefig(stream, format="png", dpi=100))  # type: ignore[attr-defined]
     except OSError as exc:
         raise InputError(f"--out {out}: cannot write the report ({exc.strerror or exc})") from exc
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -13,11 +13,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import threading
 from pathlib import Path
 
 import numpy as np
 
+from distgnn.atomic import atomic_write_text
 from distgnn.errors import ShardError
 from distgnn.partition import shards
 
@@ -164,10 +164,8 @@ def write_dgl_part(shard: shards.PartShard, out_dir: Path) -> Path:
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
-    # per thread too: parts materialised concurrently into one folder share the config
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps(data, indent=4) + "\n")
-    tmp.replace(path)
+    # parts materialised concurrently into one folder write the same config: each through its own temp file
+    atomic_write_text(path, json.dumps(data, indent=4) + "\n")
 
 
 def materialize_part(part_folder: str | os.PathLike, out_dir: str | os.PathLike) -> Path:

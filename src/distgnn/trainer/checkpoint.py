@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import random
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,41 +19,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from distgnn.atomic import atomic_write, atomic_write_text
 from distgnn.errors import InputError
 
 FORMAT = "distgnn-checkpoint"
 VERSION = 1
 LATEST = "latest"
 _NAME = re.compile(r"^epoch-(\d{5,})\.pt$")
-_TMP_PREFIX = ".tmp-"
 
 
 def checkpoint_name(epoch: int) -> str:
     return f"epoch-{epoch:05d}.pt"
-
-
-def _fsync_dir(folder: Path) -> None:
-    # The rename is only durable once the directory entry itself is on disk.
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(folder: Path, name: str, write: Any) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f"{_TMP_PREFIX}{name}-", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, folder / name)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(folder)
-    return folder / name
 
 
 def _checkpoints(folder: Path) -> list[tuple[int, Path]]:
@@ -76,12 +51,12 @@ def save_checkpoint(ckpt_dir: str | os.PathLike[str], epoch: int, state: dict[st
     folder = Path(ckpt_dir)
     folder.mkdir(parents=True, exist_ok=True)
     # Leftovers of a writer that died before its rename; nobody else writes here.
-    for stale in folder.glob(f"{_TMP_PREFIX}*"):
+    for stale in folder.glob(".*.tmp"):  # atomic_write's temporary names
         stale.unlink(missing_ok=True)
     payload = {**state, "format": FORMAT, "version": VERSION, "epoch": int(epoch)}
     name = checkpoint_name(epoch)
-    path = _atomic_write(folder, name, lambda f: torch.save(payload, f))
-    _atomic_write(folder, LATEST, lambda f: f.write(f"{name}\n".encode()))
+    path = atomic_write(folder / name, lambda f: torch.save(payload, f), durable=True)
+    atomic_write_text(folder / LATEST, f"{name}\n", durable=True)
     for _, old in _checkpoints(folder)[:-keep]:
         old.unlink(missing_ok=True)
     return path
