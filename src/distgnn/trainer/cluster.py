@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -39,18 +40,24 @@ class GraphFacts:
     """Host addresses from the ip_config, in machine order."""
 
 
-def check_inputs(cfg: TrainConfig, world_size: int) -> GraphFacts:
-    """Everything about the shards and host list that can be checked before connecting."""
+def hosts_and_manifest(ip_config: Path, shards_root: Path):
+    """The host list and the shard manifest, checked against each other: host i serves part i."""
     from distgnn.ip_config import parse_ip_config
     from distgnn.partition import shards
 
-    manifest = shards.read_manifest(cfg.shards)
-    hosts = parse_ip_config(cfg.ip_config)
+    manifest = shards.read_manifest(shards_root)
+    hosts = parse_ip_config(ip_config)
     if len(hosts) != manifest.num_parts:
         raise InputError(
-            f"{cfg.ip_config}: lists {len(hosts)} hosts but {cfg.shards} has {manifest.num_parts} parts; "
+            f"{ip_config}: lists {len(hosts)} hosts but {shards_root} has {manifest.num_parts} parts; "
             "DGL serves one part per host"
         )
+    return hosts, manifest
+
+
+def check_inputs(cfg: TrainConfig, world_size: int) -> GraphFacts:
+    """Everything about the shards and host list that can be checked before connecting."""
+    hosts, manifest = hosts_and_manifest(cfg.ip_config, cfg.shards)
     facts = GraphFacts(
         graph_name=manifest.graph_name,
         num_parts=manifest.num_parts,

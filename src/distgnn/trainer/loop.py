@@ -16,7 +16,6 @@ import torch
 import torch.distributed as dist
 
 from distgnn.metrics import PHASES as METRIC_PHASES
-from distgnn.errors import InputError
 from distgnn.trainer import checkpoint as ckpt
 from distgnn.trainer import step as steps
 from distgnn.trainer.cluster import Cluster, GraphFacts, split_nodes
@@ -86,10 +85,8 @@ class Trainer:
 
     # -- checkpoints -------------------------------------------------------------------------
 
-    def resume(self) -> None:
-        path = ckpt.latest_checkpoint(self.cfg.checkpoint_dir)
-        if path is None:
-            raise InputError(f"--resume: no complete checkpoint in {self.cfg.checkpoint_dir}")
+    def resume(self, path) -> None:
+        """Continue from a checkpoint that `run.check_checkpoint` found and vetted."""
         flag = "--resume" if self.cfg.resume else "--predict-only"
         state = ckpt.load_checkpoint(path, model_config=self.model.config(), flag=flag)
         progress = ckpt.apply_state(

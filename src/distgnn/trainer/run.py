@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from pathlib import Path
 
 import torch.distributed as dist
 
@@ -17,8 +18,9 @@ def _world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def check_checkpoint(cfg: TrainConfig, facts) -> None:
-    """Refuse a missing or incompatible checkpoint before connecting to anything."""
+def check_checkpoint(cfg: TrainConfig, facts) -> Path:
+    """The checkpoint to resume from; a missing or incompatible one is refused before
+    connecting to anything."""
     from distgnn.trainer.checkpoint import latest_checkpoint, load_checkpoint
     from distgnn.trainer.model import ModelConfig
 
@@ -31,6 +33,7 @@ def check_checkpoint(cfg: TrainConfig, facts) -> None:
         num_layers=cfg.num_layers, dropout=float(cfg.dropout), feature_norm=cfg.feature_norm,
     )
     load_checkpoint(path, model_config=dataclasses.asdict(expected), flag=flag)
+    return path
 
 
 def run(cfg: TrainConfig) -> None:
@@ -39,8 +42,7 @@ def run(cfg: TrainConfig) -> None:
     facts = check_inputs(cfg, _world_size())
     device, _ = pick_device(cfg.backend)
     Precision.parse(cfg.precision, device)  # fp16 on CPU fails here, before any connection
-    if cfg.resume or cfg.predict_only:
-        check_checkpoint(cfg, facts)
+    resume_from = check_checkpoint(cfg, facts) if (cfg.resume or cfg.predict_only) else None
 
     cluster = connect(cfg, facts)
     host = facts.hosts[host_index()]
@@ -50,19 +52,19 @@ def run(cfg: TrainConfig) -> None:
     )
     log = runlog.open_run_log(cfg.run_dir, rank=cluster.rank, echo=cluster.rank == 0, host=host, job_id=cfg.job_id)
     try:
-        train_and_predict(cfg, facts, cluster, sink, log)
+        train_and_predict(cfg, facts, cluster, sink, log, resume_from)
     finally:
         sink.close()
         log.close()
 
 
-def train_and_predict(cfg: TrainConfig, facts, cluster, sink, log) -> None:
+def train_and_predict(cfg: TrainConfig, facts, cluster, sink, log, resume_from: Path | None) -> None:
     from distgnn.trainer import inference
     from distgnn.trainer.loop import Trainer
 
     trainer = Trainer(cfg=cfg, facts=facts, cluster=cluster, metrics=sink, log=log)
-    if cfg.resume or cfg.predict_only:
-        trainer.resume()
+    if resume_from is not None:
+        trainer.resume(resume_from)
     if not cfg.predict_only:
         progress = trainer.fit()
         log.summary(

@@ -80,17 +80,11 @@ def config_from_args(argv: list[str] | None) -> ServerConfig:
 def prepare_part(cfg: ServerConfig) -> tuple[Path, str]:
     """Check the shard against the host list; return the DGL partition config to serve and
     this host's address (its label in metrics)."""
-    from distgnn.ip_config import parse_ip_config
     from distgnn.partition import shards
     from distgnn.partition.to_dgl import cached_materialize
+    from distgnn.trainer.cluster import hosts_and_manifest
 
-    hosts = parse_ip_config(cfg.ip_config)
-    manifest = shards.read_manifest(cfg.shards)
-    if len(hosts) != manifest.num_parts:
-        raise InputError(
-            f"{cfg.ip_config}: lists {len(hosts)} hosts but {cfg.shards} has {manifest.num_parts} parts; "
-            "DGL serves one part per host"
-        )
+    hosts, manifest = hosts_and_manifest(cfg.ip_config, cfg.shards)
     if cfg.part >= manifest.num_parts:
         raise InputError(f"--part {cfg.part}: {cfg.shards} has only {manifest.num_parts} parts")
     return cached_materialize(shards.part_dir(cfg.shards, cfg.part), cfg.cache_dir), hosts[cfg.part].address
