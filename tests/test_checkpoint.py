@@ -26,13 +26,7 @@ CPU = torch.device("cpu")
 TRAIN_CONFIG = {"lr": 0.01, "batch_size": 16, "fanouts": [4, 4], "precision": "fp32"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models on a shared 2-core machine: extra intra-op threads only contend.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_batch(seed):

@@ -18,7 +18,6 @@ import contextlib
 import json
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -31,6 +30,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
+
+from clusterutil import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
@@ -184,12 +185,6 @@ def _require_tools() -> None:
     assert PROMETHEUS and PROMTOOL, "prometheus and promtool must be on PATH (`make system-deps` installs them)"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _rewrite_config(shipped: dict, targets_file: Path) -> dict:
     """The shipped config with only the targets path and the scrape interval changed."""
     config = json.loads(json.dumps(shipped))
@@ -240,7 +235,7 @@ def _start_prometheus(config_file: Path, storage: Path, log: Path) -> Prometheus
     _require_tools()
     # The port is chosen free just before Prometheus binds it; retry if another process took it meanwhile.
     for _ in range(3):
-        port = _free_port()
+        port = free_port()
         with open(log, "w") as out:
             proc = subprocess.Popen(
                 [PROMETHEUS, f"--config.file={config_file}", f"--storage.tsdb.path={storage}",
@@ -437,7 +432,7 @@ def test_targets_file_updates_are_picked_up(tmp_path: Path) -> None:
 
     from distgnn.metrics import file_sd_path, process_target, write_file_sd
 
-    targets = [process_target("127.0.0.1", _free_port(), job=JOB, host="h0", role="trainer", rank=r, part=0)
+    targets = [process_target("127.0.0.1", free_port(), job=JOB, host="h0", role="trainer", rank=r, part=0)
                for r in range(3)]
     targets_file = file_sd_path(tmp_path / "run")
     write_file_sd(targets_file, targets[:1])
@@ -545,7 +540,7 @@ def test_real_two_host_training_is_scraped_through_the_launchers_targets(tmp_pat
     on; Prometheus reads the launcher's own targets file while they train."""
     import signal
 
-    from clusterutil import LAUNCH, free_port, wait_gone
+    from clusterutil import LAUNCH, wait_gone
     from distgnn.metrics import file_sd_path, read_file_sd
 
     graph = "synthetic:nodes=20000,degree=8,classes=8,feat_dim=32,seed=1"

@@ -2,13 +2,14 @@
 
 import datetime
 import os
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from clusterutil import free_port
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -32,14 +33,7 @@ CPU = torch.device("cpu")
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # These models are tiny: on a shared 2-core machine intra-op threads only
-    # spin against each other (a step goes from ~7 ms to ~130 ms).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_batch(seed, *, sizes=(120, 40, 16), degree=4, feat_dim=8, num_classes=3):
@@ -189,12 +183,6 @@ def test_agree_num_steps_without_process_group_is_local_count():
 
 
 # ---- DDP with real process groups -------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _ddp_worker(rank, world, port, backend, out_dir, batch_counts, precision_name):
     os.environ["MASTER_ADDR"] = "127.0.0.1"
