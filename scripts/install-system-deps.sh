@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian packages distgnn's tests and multi-host runs use, only
-# when a command they provide is missing. Needs root (CI runs as root).
+# when a command or library they provide is missing. Needs root (CI runs as root).
 set -euo pipefail
 need=()
 command -v ip >/dev/null       || need+=(iproute2)
@@ -8,6 +8,8 @@ command -v sshd >/dev/null || [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v ssh >/dev/null      || need+=(openssh-client)
 command -v nsenter >/dev/null  || need+=(util-linux)
 command -v prometheus >/dev/null || need+=(prometheus)
+# METIS with 32-bit ids: partitions in half the memory of pymetis's 64-bit build
+/sbin/ldconfig -p 2>/dev/null | grep 'libmetis\.so\.5 ' >/dev/null || need+=(libmetis5)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ]; then
   echo "install-system-deps: missing ${need[*]}; run as root or install them with apt-get" >&2

@@ -8,9 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from distgnn.errors import InputError
 from distgnn.partition import layout as plan
 from distgnn.partition import shards
-from distgnn.partition.metis import MetisOptions, part_kway
+from distgnn.partition.metis import (
+    LIBRARY_ENV, MetisOptions, available_libraries, choose_library, coarsen_to, part_kway,
+)
 from distgnn.partition.run import PartitionConfig, run
 from partition_graphs import pubmed, random_graph
 
@@ -35,7 +38,7 @@ def test_symmetric_csr_is_undirected_deduplicated_and_loop_free():
     got = [(row, int(c)) for row in range(g.num_nodes) for c in indices[indptr[row]:indptr[row + 1]]]
     assert len(got) == len(set(got)), "duplicate adjacency entries"
     assert set(got) == expected
-    assert indptr.dtype == np.int64 and indices.dtype == np.int64
+    assert indptr.dtype == np.int32 and indices.dtype == np.int32  # what a 32-bit METIS reads in place
     assert indptr[0] == 0 and indptr[-1] == indices.shape[0]
 
 
@@ -68,17 +71,94 @@ def _two_cliques():
     return indptr, np.concatenate(adj).astype(np.int64)
 
 
-def test_metis_honours_every_balance_constraint():
+@pytest.fixture(params=[32, 64], ids=["libmetis-32bit", "pymetis-64bit"])
+def metis_library(request):
+    libraries = {lib.idx_bits: lib for lib in available_libraries()}
+    # make test installs Debian's libmetis5 (32-bit ids); pymetis always brings its 64-bit build
+    assert set(libraries) == {32, 64}, f"expected a 32-bit and a 64-bit METIS, found {available_libraries()}"
+    return libraries[request.param]
+
+
+def test_metis_honours_every_balance_constraint(metis_library):
     indptr, indices = _two_cliques()
-    part, cut = part_kway(indptr, indices, 2, None, MetisOptions())
+    part, cut = part_kway(indptr, indices, 2, None, MetisOptions(), metis_library)
     assert cut == 1 and len(set(part[:4])) == 1 and len(set(part[4:])) == 1
     # A second constraint that only nodes 0 and 1 carry forces them apart, which the
     # single-constraint cut would never do (pymetis.part_graph drops it silently).
     second = np.array([1, 1, 0, 0, 0, 0, 0, 0], dtype=np.int64)
     vwgt = np.stack([np.ones(8, dtype=np.int64), second], axis=1)
-    part, cut = part_kway(indptr, indices, 2, vwgt, MetisOptions())
+    part, cut = part_kway(indptr, indices, 2, vwgt, MetisOptions(), metis_library)
     assert part[0] != part[1]
     assert cut > 1
+
+
+def test_both_metis_builds_cut_pubmed_alike(metis_library):
+    g = pubmed()
+    indptr, indices = plan.symmetric_csr(g.src, g.dst, g.num_nodes)
+    vwgt, _ = plan.vertex_weights(g)
+    part, cut = part_kway(indptr, indices, 4, vwgt, MetisOptions(), metis_library)
+    # METIS bounds each part from above (3% over the mean by default), not from below
+    assert part.dtype == np.int64 and np.bincount(part, minlength=4).max() <= 1.05 * g.num_nodes / 4
+    directed_cut = int(np.count_nonzero(part[g.src] != part[g.dst]))
+    assert directed_cut < 0.15 * g.num_edges  # a random 4-way split cuts 75%
+
+
+def test_coarsening_target_caps_metis_default_for_big_graphs_only():
+    assert coarsen_to(19717, 4, None) == 492  # METIS 5.1: nvtxs / (20 log2 k)
+    assert coarsen_to(19717, 4, 250) == 492  # below the cap: unchanged
+    assert coarsen_to(2_000_000, 4, None) == 50_000
+    assert coarsen_to(2_000_000, 4, 250) == 1000
+    assert coarsen_to(2_000_000, 3, 250) == 750  # gk_log2(3) == 1
+    assert coarsen_to(100, 4, 250) == 120  # METIS's floor: 30 per part
+
+
+def test_stepwise_kway_matches_the_public_call_at_metis_own_target(metis_library):
+    """Our step-by-step driver is METIS_PartGraphKway itself when given METIS's own target."""
+    from distgnn.partition.metis import _kway_stepwise, _options
+
+    assert metis_library.tunable
+    g = pubmed()
+    indptr, indices = plan.symmetric_csr(g.src, g.dst, g.num_nodes)
+    vwgt, _ = plan.vertex_weights(g)
+    public, public_cut = part_kway(indptr, indices, 4, vwgt, MetisOptions(seed=3, coarsen_per_part=None), metis_library)
+    idx = metis_library.dtype
+    part = np.empty(g.num_nodes, dtype=idx)
+    opts = _options(metis_library, {"SEED": 3, "NITER": 10, "NCUTS": 1, "UFACTOR": -1, "NUMBERING": 0})
+    cut = _kway_stepwise(
+        metis_library, g.num_nodes, vwgt.shape[1], indptr.astype(idx), indices.astype(idx),
+        np.ascontiguousarray(vwgt, dtype=idx), 4, opts, part, coarsen_to(g.num_nodes, 4, None),
+    )
+    assert cut == public_cut and np.array_equal(part, public)
+
+
+def test_a_library_whose_ctrl_layout_differs_is_only_called_through_the_public_api(monkeypatch):
+    import distgnn.partition.metis as metis
+
+    monkeypatch.setattr(metis, "_CTRL_ENUMS_BYTES", 4 * 7)  # as if a field were added before CoarsenTo
+    for lib in available_libraries():
+        assert not metis._open(lib.path).tunable
+    indptr, indices = _two_cliques()
+    lib = metis._open(available_libraries()[0].path)
+    part, cut = part_kway(indptr, indices, 2, None, MetisOptions(), lib)
+    assert cut == 1
+
+
+def test_metis_library_choice_prefers_32_bit_and_falls_back_for_big_graphs(monkeypatch, tmp_path):
+    assert choose_library(1000, 10_000, 10_000).idx_bits == 32
+    assert choose_library(1000, 2**31, 10_000).idx_bits == 64  # too many adjacency entries for int32
+    assert choose_library(1000, 10_000, 2**31).idx_bits == 64  # a weight total past int32
+    pymetis_build = next(lib for lib in available_libraries() if lib.idx_bits == 64)
+    monkeypatch.setenv(LIBRARY_ENV, pymetis_build.path)
+    available_libraries.cache_clear()
+    try:
+        assert choose_library(1000, 10_000, 10_000).idx_bits == 64
+        monkeypatch.setenv(LIBRARY_ENV, str(tmp_path / "libnothere.so"))
+        available_libraries.cache_clear()
+        with pytest.raises(InputError, match=r"DISTGNN_METIS_LIBRARY=.*libnothere\.so: cannot load METIS"):
+            available_libraries()
+    finally:
+        monkeypatch.delenv(LIBRARY_ENV)
+        available_libraries.cache_clear()
 
 
 def test_metis_is_deterministic_under_seed():
@@ -150,6 +230,7 @@ def test_partition_pubmed_report_and_manifest(tmp_path):
     assert sum(r["edges"] for r in report["parts"]) == 88648
     assert sum(r["out_edges"] for r in report["parts"]) == report["edge_cut"]["count"]
     assert manifest.data["versions"]["pymetis"] and manifest.data["versions"]["dgl"]
+    assert manifest.data["metis"]["idx_bits"] == 32 and "libmetis" in manifest.data["metis"]["library"]
     for p in range(4):
         assert f"{shards.part_dir('.', p).name}/nodes.parquet" in manifest.files
 
@@ -231,8 +312,11 @@ def test_dry_run_estimate_scales_with_the_input():
     from distgnn.partition.estimate import estimate
 
     big = estimate(num_nodes=2_000_000, num_edges=20_000_000, feat_dim=64, num_parts=4, method="metis")
-    # measured on this graph: 5.2 GiB peak (METIS phase), 1.15 GiB of shards
-    assert 4.5 * 2**30 < big.peak_memory_bytes < 6.5 * 2**30
+    # measured on this graph: 2.7 GiB peak (METIS phase, 32-bit ids), 1.15 GiB of shards
+    assert 2.2 * 2**30 < big.peak_memory_bytes < 3.5 * 2**30
+    wide = estimate(num_nodes=2_000_000, num_edges=20_000_000, feat_dim=64, num_parts=4, method="metis",
+                    metis_id_bytes=8)
+    assert 4.5 * 2**30 < wide.peak_memory_bytes < 6.5 * 2**30  # measured: 5.1 GiB with 64-bit ids
     assert 0.9 * 2**30 < big.disk_bytes < 2 * 2**30
     rand = estimate(num_nodes=2_000_000, num_edges=20_000_000, feat_dim=64, num_parts=4, method="random")
-    assert rand.peak_memory_bytes < big.peak_memory_bytes / 2
+    assert rand.peak_memory_bytes < 0.7 * big.peak_memory_bytes  # no METIS hierarchy

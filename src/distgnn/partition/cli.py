@@ -41,15 +41,18 @@ def config_from_args(args: argparse.Namespace, command: str):
 def dry_run(config) -> None:
     from distgnn.graph import probe_graph
     from distgnn.partition.estimate import estimate
+    from distgnn.partition.metis import choose_library
     from distgnn.partition.report import describe_bytes
 
     from distgnn.partition.run import check_num_parts
 
     probe = probe_graph(config.graph)
     check_num_parts(config, probe.num_nodes)
+    # the METIS build a run would pick, from the symmetric graph's largest possible size
+    library = choose_library(probe.num_nodes, 2 * probe.num_edges, probe.num_edges)
     est = estimate(
         num_nodes=probe.num_nodes, num_edges=probe.num_edges, feat_dim=probe.feat_dim,
-        num_parts=config.num_parts, method=config.method,
+        num_parts=config.num_parts, method=config.method, metis_id_bytes=library.idx_bits // 8,
     )
     approx = "" if probe.exact else " (sizes estimated from the input file)"
     print(f"input: {probe.num_nodes} nodes, {probe.num_edges} edges, feat_dim {probe.feat_dim}{approx}")

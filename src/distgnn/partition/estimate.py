@@ -2,7 +2,8 @@
 
 Per-phase models of the largest arrays alive at once; the METIS term was calibrated
 on a 2M-node / 20M-edge graph (4 parts, 3 constraints), where METIS 5.1 held about
-110 bytes per adjacency entry of the symmetric graph.
+110 bytes per adjacency entry of the symmetric graph with 64-bit ids and 57 with
+32-bit ones.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 _ID = 8
 _BASE = 160 * 2**20
 """The interpreter with NumPy, pandas and pyarrow imported."""
-_METIS_PER_ADJ = 110
+_METIS_PER_ADJ_PER_ID_BYTE = 14
 _METIS_PER_NODE = 200
 _SPILL_BYTES = 256 * 2**20  # keep in line with run.SPILL_BYTES
 
@@ -27,7 +28,9 @@ class Estimate:
     """Shards, assignment and manifest (uncompressed Parquet)."""
 
 
-def estimate(*, num_nodes: int, num_edges: int, feat_dim: int, num_parts: int, method: str) -> Estimate:
+def estimate(*, num_nodes: int, num_edges: int, feat_dim: int, num_parts: int, method: str,
+             metis_id_bytes: int = 4) -> Estimate:
+    """metis_id_bytes: the width of the METIS build's ids (4 or 8), see metis.choose_library."""
     n, e = num_nodes, num_edges
     adj = 2 * e  # both directions of every edge, before de-duplication
     edges = 2 * e * _ID
@@ -36,9 +39,10 @@ def estimate(*, num_nodes: int, num_edges: int, feat_dim: int, num_parts: int, m
     graph = edges + feats + small
     load = graph * 3 // 2  # readers hold a column or two twice while converting
     if method == "metis" and num_parts > 1:
-        csr = graph + adj * (2 * _ID + 1)  # 32-bit row/col ids, SciPy CSR, its int64 copy
+        m = metis_id_bytes
+        csr = graph + adj * (2 * 4 + 1) + adj * m  # 32-bit row/col ids, SciPy CSR, METIS's copy
         resident = small if edges + feats >= _SPILL_BYTES else graph  # the rest is spilled
-        metis = resident + adj * _ID + n * 4 * _ID + adj * _METIS_PER_ADJ + n * _METIS_PER_NODE
+        metis = resident + adj * m + n * 4 * m + adj * _METIS_PER_ADJ_PER_ID_BYTE * m + n * _METIS_PER_NODE
     else:
         csr = metis = 0
     # the layout (ids, edge order) plus one part's gathered rows and Arrow copies

@@ -16,12 +16,11 @@ from distgnn.graph.data import GraphData
 def symmetric_csr(src: np.ndarray, dst: np.ndarray, num_nodes: int) -> tuple[np.ndarray, np.ndarray]:
     """CSR of the undirected, de-duplicated, self-loop-free version of a directed graph.
 
-    Returns int64 (indptr, indices), the index width METIS (64-bit idx_t) reads in place.
-    SciPy's COO -> CSR conversion is a counting sort by row followed by a sort and a
-    merge of duplicates within each row, all in C++; on the 2M-node / 20M-edge graph it
-    takes 2.3-2.8 s of one core where sorting int64 row*N+col keys on two threads took
-    3.6-4.4 s of CPU.
-    Building it with 32-bit indices (when they fit) halves the memory traffic.
+    Returns (indptr, indices), int32 when every count fits (what a 32-bit METIS reads in
+    place, and half the memory traffic), else int64. SciPy's COO -> CSR conversion is a
+    counting sort by row followed by a sort and a merge of duplicates within each row,
+    all in C++; on the 2M-node / 20M-edge graph it takes 2.3-2.8 s of one core where
+    sorting int64 row*N+col keys on two threads took 3.6-4.4 s of CPU.
     """
     keep = src != dst
     m = int(np.count_nonzero(keep))
@@ -39,9 +38,7 @@ def symmetric_csr(src: np.ndarray, dst: np.ndarray, num_nodes: int) -> tuple[np.
     adjacency = scipy.sparse.csr_array((ones, (rows, cols)), shape=(num_nodes, num_nodes))
     del rows, cols, ones
     adjacency.sum_duplicates()  # sorts each row and merges repeats: exact de-duplication
-    indptr = adjacency.indptr.astype(np.int64)
-    indices = adjacency.indices.astype(np.int64)
-    return indptr, indices
+    return adjacency.indptr.astype(index, copy=False), adjacency.indices.astype(index, copy=False)
 
 
 def vertex_weights(graph: GraphData) -> tuple[np.ndarray, list[str]]:

@@ -96,6 +96,10 @@ def format_report(report: dict, stream: TextIO = sys.stdout) -> None:
         f"into {report['num_parts']} parts ({report['method']}, seed {report['seed']})",
         file=stream,
     )
+    metis = report.get("metis") or {}
+    if metis:
+        print(f"METIS: {metis['library']} ({metis['idx_bits']}-bit ids), coarsening to {metis['coarsen_to']} nodes",
+              file=stream)
     print(f"edge cut: {cut['count']} of {report['num_edges']} edges ({cut['percent']:.2f}%)", file=stream)
     print(
         "balance (max/mean): " + ", ".join(f"{k} {v:.3f}" for k, v in report["balance"].items()),

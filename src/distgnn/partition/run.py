@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import threading
 import time
 from dataclasses import dataclass, replace
 from importlib import metadata
@@ -16,7 +17,7 @@ from distgnn.errors import InputError
 from distgnn.graph.data import MASK_NAMES, GraphData
 from distgnn.partition import layout as plan
 from distgnn.partition import shards
-from distgnn.partition.metis import MetisOptions, part_kway
+from distgnn.partition.metis import COARSEN_PER_PART, MetisOptions, choose_library, coarsen_to, part_kway
 from distgnn.partition.report import PhaseMeter, balance, per_part_totals
 
 METHODS = ("metis", "random")
@@ -117,24 +118,46 @@ def publish(staged: Path, out: Path) -> None:
 # ---------------------------------------------------------------- the run
 
 
-def spill_to_disk(graph: GraphData, folder: Path) -> None:
-    """Replace graph.src/dst/feat/label by read-only memory maps of copies in `folder`.
+class Spill:
+    """Moves graph.src/dst/feat/label to read-only memory maps of copies in `folder`.
 
-    METIS 5.1 keeps its whole coarsening hierarchy in memory; the edge list and the
-    features are not needed again until METIS returns, so parking them in the page
-    cache (not in this process's RSS) keeps the peak down, as DGL's METIS build does
-    with its on-disk option. Callers must hold no other reference to these arrays.
+    METIS keeps its whole coarsening hierarchy in memory; the edge list and the features
+    are not needed again until METIS returns, so parking them in the page cache (not in
+    this process's RSS) keeps the peak down, as DGL's METIS build does with its on-disk
+    option. `start` writes the copies on a thread (file writes release the GIL, so the
+    second core does it while the CSR is built); `finish` swaps the arrays for the maps.
+    Callers must hold no other reference to these arrays.
     """
-    folder.mkdir()
-    for name in SPILLED:
-        array = getattr(graph, name)
-        if array is None:
-            continue
-        path = folder / f"{name}.npy"
-        np.save(path, array, allow_pickle=False)
-        del array
-        setattr(graph, name, np.load(path, mmap_mode="r"))
-    release_free_memory()
+
+    def __init__(self, graph: GraphData, folder: Path) -> None:
+        self.graph = graph
+        self.folder = folder
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def start(self) -> None:
+        self.folder.mkdir()
+        self._thread = threading.Thread(target=self._write, name="distgnn-spill", daemon=True)
+        self._thread.start()
+
+    def _write(self) -> None:
+        try:
+            for name in SPILLED:
+                array = getattr(self.graph, name)
+                if array is not None:
+                    np.save(self.folder / f"{name}.npy", array, allow_pickle=False)
+        except BaseException as err:  # noqa: BLE001 - re-raised by finish()
+            self._error = err
+
+    def finish(self) -> None:
+        assert self._thread is not None, "Spill.finish before start"
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        for name in SPILLED:
+            if getattr(self.graph, name) is not None:
+                setattr(self.graph, name, np.load(self.folder / f"{name}.npy", mmap_mode="r"))
+        release_free_memory()
 
 
 def release_free_memory() -> None:
@@ -167,24 +190,32 @@ def drop_spilled_pages(graph: GraphData) -> None:
 
 
 def assign(graph: GraphData, config: PartitionConfig, vwgt: np.ndarray, meter: PhaseMeter,
-           spill: Path | None = None) -> tuple[np.ndarray, int | None]:
-    """Part of every node, and METIS's own cut count (None for random)."""
+           spill: Path | None = None) -> tuple[np.ndarray, dict]:
+    """Part of every node, and what METIS reported: its own cut count and the library
+    it ran in (empty for random)."""
     if config.method == "random" or config.num_parts == 1:
         with meter.phase("assign", f"{config.method} into {config.num_parts} parts"):
             if config.num_parts == 1:
-                return np.zeros(graph.num_nodes, dtype=np.int64), None
-            return plan.random_assignment(graph.num_nodes, config.num_parts, config.seed), None
+                return np.zeros(graph.num_nodes, dtype=np.int64), {}
+            return plan.random_assignment(graph.num_nodes, config.num_parts, config.seed), {}
     with meter.phase("csr", "symmetric de-duplicated adjacency"):
+        spilling = Spill(graph, spill) if spill is not None else None
+        if spilling is not None:
+            spilling.start()
         indptr, indices = plan.symmetric_csr(graph.src, graph.dst, graph.num_nodes)
-        if spill is not None:
-            spill_to_disk(graph, spill)
-    with meter.phase("metis", f"k-way into {config.num_parts} parts, {vwgt.shape[1]} constraints"):
-        part, metis_cut = part_kway(
-            indptr, indices, config.num_parts, vwgt,
-            MetisOptions(seed=config.seed, niter=config.metis_niter),
-        )
+        if spilling is not None:
+            spilling.finish()
+    library = choose_library(graph.num_nodes, int(indices.shape[0]), int(vwgt.sum(axis=0).max()))
+    options = MetisOptions(seed=config.seed, niter=config.metis_niter,
+                           coarsen_per_part=COARSEN_PER_PART if library.tunable else None)
+    target = coarsen_to(graph.num_nodes, config.num_parts, options.coarsen_per_part)
+    detail = (f"k-way into {config.num_parts} parts, {vwgt.shape[1]} constraints, "
+              f"{library.idx_bits}-bit ids, coarsening to {target} nodes")
+    with meter.phase("metis", detail):
+        part, metis_cut = part_kway(indptr, indices, config.num_parts, vwgt, options, library)
         del indptr, indices
-    return plan.fill_empty_parts(part, config.num_parts), metis_cut
+    facts = {"undirected_cut": metis_cut, **library.to_json(), "coarsen_to": target}
+    return plan.fill_empty_parts(part, config.num_parts), facts
 
 
 def schema_of(graph: GraphData) -> shards.FeatureSchema:
@@ -204,7 +235,7 @@ def partition_graph(graph: GraphData, config: PartitionConfig, meter: PhaseMeter
     vwgt, constraint_names = plan.vertex_weights(graph)
     staged.mkdir()
     big = sum(a.nbytes for a in (graph.src, graph.dst, graph.feat) if a is not None) >= SPILL_BYTES
-    part, metis_cut = assign(graph, config, vwgt, meter, staged / SPILL if big else None)
+    part, metis = assign(graph, config, vwgt, meter, staged / SPILL if big else None)
 
     with meter.phase("layout", "renumber nodes and order edges by owner"):
         layout = plan.plan_layout(part, graph.src, graph.dst, num_parts)
@@ -225,10 +256,11 @@ def partition_graph(graph: GraphData, config: PartitionConfig, meter: PhaseMeter
         "num_parts": num_parts,
         "method": config.method,
         "seed": config.seed,
+        "metis": {k: v for k, v in metis.items() if k != "undirected_cut"},
         "edge_cut": {
             "count": layout.num_cut,
             "percent": 100.0 * layout.num_cut / graph.num_edges if graph.num_edges else 0.0,
-            "metis_undirected": metis_cut,
+            "metis_undirected": metis.get("undirected_cut"),
         },
         "balance": _balances(layout, vwgt, constraint_names, rows),
         "parts": rows,
@@ -306,7 +338,7 @@ def _manifest_data(graph: GraphData, config: PartitionConfig, base: shards.PartI
         "num_parts": config.num_parts,
         "method": config.method,
         "seed": config.seed,
-        "metis": {"niter": config.metis_niter},
+        "metis": {"niter": config.metis_niter, **report["metis"]},
         "schema": base.schema.to_json(),
         "node_ranges": [list(r) for r in base.node_ranges],
         "edge_ranges": [list(r) for r in base.edge_ranges],

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -116,11 +117,13 @@ def _local_id_map(shard: shards.PartShard, halo_ids: np.ndarray) -> np.ndarray:
 def _tensor(a: np.ndarray):
     import torch
 
-    # Arrow hands out read-only buffers and torch needs writable memory; arrays we
-    # computed ourselves are writable already and need no copy.
-    if not a.flags.writeable:
-        a = np.array(a, copy=True)
-    return torch.from_numpy(a)
+    # Arrow hands out read-only buffers and torch warns that it cannot mark a tensor
+    # read-only. Every tensor made here is only serialised by DGL, never written, so it
+    # shares the buffer instead of copying it (0.25 s and 128 MB a part on the
+    # 2M-node graph's features).
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(a)
 
 
 def node_tensors(shard: shards.PartShard) -> dict:
