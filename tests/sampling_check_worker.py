@@ -28,6 +28,7 @@ def main() -> int:
     from distgnn.graph import load_graph
     from distgnn.trainer.cluster import check_inputs, connect, split_nodes
     from distgnn.trainer.config import TrainConfig, parse_fanouts
+    from distgnn.trainer.features import build_cache
     from distgnn.trainer.sampling import PartLocality, make_loader
 
     cfg = TrainConfig(shards=args.shards, ip_config=args.ip_config, servers_per_host=args.servers_per_host,
@@ -41,10 +42,12 @@ def main() -> int:
     edge_keys = np.sort(graph.src * n + graph.dst)
     orig_of = g.ndata["orig_id"]
     locality = PartLocality(g)
+    # A small remote-feature cache (1 MiB: ~500 PubMed rows), checked like the fetch itself.
+    cache = build_cache(g, g.ndata["feat"], 2**20, facts.feat_dim)
 
     seeds = torch.cat([split_nodes(g, "train_mask"), split_nodes(g, "val_mask"), split_nodes(g, "test_mask")])
     loader = make_loader(g, seeds, cfg.fanouts, cfg.batch_size, shuffle=True)
-    checked_edges = remote_nodes = checked_nodes = 0
+    checked_edges = remote_nodes = checked_nodes = cache_hits = 0
     for input_nodes, _seeds, blocks in loader:
         for block in blocks:
             src, dst = block.edges()
@@ -66,10 +69,15 @@ def main() -> int:
         if not np.array_equal(g.ndata["label"][input_nodes].numpy(), graph.label[orig]):
             print("MISMATCH labels differ from the input", flush=True)
             return 1
+        served, hits = cache.gather(input_nodes, g.ndata["feat"].__getitem__)
+        if not np.array_equal(served.numpy(), graph.feat[orig]):
+            print("MISMATCH features served through the remote-feature cache differ from the input", flush=True)
+            return 1
+        cache_hits += hits
         checked_nodes += len(orig)
         remote_nodes += locality.remote_count(input_nodes)
-    print(f"CHECKED rank={cluster.rank} edges={checked_edges} nodes={checked_nodes} remote_nodes={remote_nodes}",
-          flush=True)
+    print(f"CHECKED rank={cluster.rank} edges={checked_edges} nodes={checked_nodes} remote_nodes={remote_nodes} "
+          f"cached={cache.size} cache_hits={cache_hits}", flush=True)
     return 0
 
 

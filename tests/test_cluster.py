@@ -166,7 +166,8 @@ def test_two_hosts_two_trainers_each_pubmed(tmp_path, pubmed2, emu):
 @pytest.mark.netns
 def test_sampled_blocks_and_features_match_the_input_graph(tmp_path, pubmed2, emu):
     """A checker runs as the trainer on both hosts: every sampled edge exists in the input
-    graph and every feature pulled through DistGraph equals the input feature."""
+    graph and every feature pulled through DistGraph, or served by the remote-feature
+    cache, equals the input feature."""
     hosts, _ = emu_hosts(tmp_path, emu)
     ws = tmp_path / "ws"
     argv = launch(hosts, pubmed2, ws, *ssh_flags(emu), "--trainer-module", "sampling_check_worker",
@@ -179,7 +180,9 @@ def test_sampled_blocks_and_features_match_the_input_graph(tmp_path, pubmed2, em
     for line in checked:
         edges = int(line.split("edges=")[1].split()[0])
         remote = int(line.split("remote_nodes=")[1].split()[0])
+        hits = int(line.split("cache_hits=")[1].split()[0])
         assert edges > 1000 and remote > 0, line
+        assert int(line.split("cached=")[1].split()[0]) > 400 and 0 < hits < remote, line
 
 
 def trainer_processes(run: Path) -> dict:

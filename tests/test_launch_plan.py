@@ -98,6 +98,16 @@ def test_local_hosts_are_marked_and_user_env_wins():
     assert plan.on_host(1)[0].ports == [30050]  # metrics off: no metrics ports
 
 
+def test_servers_and_trainers_get_tcmalloc_unless_the_system_allocator_is_asked_for():
+    plan = _plan(2)
+    assert all(p.env["LD_PRELOAD"] == "libtcmalloc_minimal.so.4" for p in plan.processes)
+    plan = _plan(2, allocator="system")
+    assert all("LD_PRELOAD" not in p.env for p in plan.processes)
+    assert config_from_args(_args("--allocator", "system")).allocator == "system"
+    with pytest.raises(InputError, match="--allocator 'jemalloc': expected one of tcmalloc, system"):
+        _cfg(allocator="jemalloc")
+
+
 def test_auto_metrics_ports_are_left_to_the_processes():
     plan = _plan(2, metrics_port="auto", trainers_per_host=2)
     assert [p.ports for p in plan.on_host(1)] == [[30050], []]  # only the process knows an 'auto' port

@@ -165,6 +165,30 @@ def test_gpus_per_host_beyond_the_host_is_refused(tmp_path, shards):
     assert not (tmp_path / "ws" / "runs").exists()
 
 
+def test_a_host_without_the_allocator_library_is_refused(tmp_path, shards, monkeypatch):
+    import distgnn.launcher.run as launch_run
+    from distgnn.errors import InputError
+    from distgnn.launcher.probe import missing_libraries
+    from distgnn.launcher.runner import LocalRunner
+
+    assert missing_libraries(["libtcmalloc_minimal.so.4"]) == []  # make installs libtcmalloc-minimal4
+    assert missing_libraries(["libdistgnn-absent.so.9"]) == ["libdistgnn-absent.so.9"]
+    hosts = tmp_path / "ip.txt"
+    cfg = LaunchConfig(hosts_file=hosts, shards=shards[1], train_args=[], python=PY, workspace=tmp_path)
+    plan = plan_run(cfg, [HostEntry("127.0.0.1", free_port(), 1)], local={"127.0.0.1"},
+                    run_dir=tmp_path / "run", job_id="j", num_parts=1)
+    # the real probe process, asked about a library this host lacks
+    monkeypatch.setattr(launch_run, "TCMALLOC", "libdistgnn-absent.so.9")
+    with pytest.raises(InputError) as err:
+        launch_run.probe_host(cfg, plan, LocalRunner(host="127.0.0.1"), 0)
+    assert str(err.value) == (
+        f"host 127.0.0.1 ({hosts} line 1): --allocator tcmalloc needs libdistgnn-absent.so.9, which is not "
+        "installed there (Debian: libtcmalloc-minimal4); install it or pass --allocator system"
+    )
+    monkeypatch.setattr(launch_run, "TCMALLOC", "libtcmalloc_minimal.so.4")
+    assert launch_run.probe_host(cfg, plan, LocalRunner(host="127.0.0.1"), 0).busy == []
+
+
 @pytest.mark.parametrize(
     ("case", "message"),
     [

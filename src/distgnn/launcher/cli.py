@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep the launcher's /metrics up this long after the run (default 15, one scrape)")
     p.add_argument("--dgl-max-try-times", type=int, default=30, help="trainer connection tries, 3 s apart")
     p.add_argument("--omp-threads", type=int, default=0, help="OMP_NUM_THREADS (default: cores / processes)")
+    p.add_argument("--allocator", choices=["tcmalloc", "system"], default="tcmalloc",
+                   help="memory allocator of servers and trainers (default tcmalloc: libtcmalloc-minimal4 "
+                        "on every host; 'system' keeps glibc malloc)")
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="extra environment, repeatable")
     p.add_argument("--ssh-user", help="login name on remote hosts")
     p.add_argument("--ssh-port", type=int, help="sshd port of remote hosts")
@@ -95,6 +98,7 @@ def config_from_args(argv: list[str]) -> LaunchConfig:
         metrics_linger_s=ns.metrics_linger,
         dgl_max_try_times=ns.dgl_max_try_times,
         omp_threads=ns.omp_threads,
+        allocator=ns.allocator,
         env=parse_env_pairs(ns.env),
         ssh_user=ns.ssh_user,
         ssh_port=ns.ssh_port,

@@ -9,6 +9,9 @@ from pathlib import Path
 from distgnn.errors import InputError
 from distgnn.ports import DEFAULT_MASTER_PORT, DEFAULT_METRICS_PORT
 
+TCMALLOC = "libtcmalloc_minimal.so.4"
+"""The allocator `--allocator tcmalloc` preloads, by soname (each host's loader finds it)."""
+ALLOCATORS = ("tcmalloc", "system")
 DEFAULT_TRAINER_MODULE = "distgnn.trainer.cli"
 DEFAULT_SERVER_MODULE = "distgnn.trainer.server"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -52,6 +55,10 @@ class LaunchConfig:
     """DGL_DIST_MAX_TRY_TIMES: connection attempts (3 s apart) before a trainer gives up on a server."""
     omp_threads: int = 0
     """OMP_NUM_THREADS of every process; 0 splits this machine's cores among a host's processes."""
+    allocator: str = "tcmalloc"
+    """Memory allocator of servers and trainers: 'tcmalloc' preloads TCMALLOC, 'system' keeps glibc's.
+    A training step allocates and frees tensors of tens of MB; glibc hands those back to the
+    kernel on free and faults fresh zeroed pages in on the next step."""
     env: dict[str, str] = field(default_factory=dict)
     """Extra environment for every process; applied last, so it can override the launcher's defaults."""
     ssh_user: str | None = None
@@ -81,6 +88,8 @@ class LaunchConfig:
         self._check_names()
         if self.gpus_per_host and self.trainers_per_host not in (1, self.gpus_per_host):
             raise InputError("--trainers-per-host and --gpus-per-host: give one (with GPUs, one trainer per GPU)")
+        if self.allocator not in ALLOCATORS:
+            raise InputError(f"--allocator {self.allocator!r}: expected one of {', '.join(ALLOCATORS)}")
         if self.dry_run not in (None, "text", "json"):
             raise InputError(f"--dry-run={self.dry_run}: expected --dry-run or --dry-run=json")
         if self.stop_grace_s <= 0 or self.stop_grace_s > 20:

@@ -12,7 +12,7 @@ from pathlib import Path
 from distgnn.errors import InputError
 from distgnn.ip_config import HostEntry, is_local
 from distgnn.launcher import rundir
-from distgnn.launcher.config import LaunchConfig
+from distgnn.launcher.config import LaunchConfig, TCMALLOC
 from distgnn.metrics import file_sd_path
 from distgnn.ports import metrics_port
 
@@ -153,6 +153,8 @@ def _base_env(cfg: LaunchConfig, cpu_count: int) -> dict[str, str]:
         # DGL's default (1024 tries, 3 s apart) keeps a trainer waiting ~51 min for a dead server.
         "DGL_DIST_MAX_TRY_TIMES": str(cfg.dgl_max_try_times),
     }
+    if cfg.allocator == "tcmalloc":
+        env["LD_PRELOAD"] = TCMALLOC  # the preflight checked every host has it
     return env
 
 

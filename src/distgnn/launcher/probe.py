@@ -1,9 +1,10 @@
 """Checks run on each host before a launch starts anything; prints one JSON line.
 
-    python -m distgnn.launcher.probe --address A [--port P]... [--gpus]
+    python -m distgnn.launcher.probe --address A [--port P]... [--gpus] [--library SONAME]...
 
 `busy`: ports that cannot be bound on A (in use); `error`: A is not an address of this
-host; `gpus`: torch.cuda.device_count() when --gpus is given.
+host; `gpus`: torch.cuda.device_count() when --gpus is given; `missing`: the --library
+sonames the dynamic loader does not know (ldconfig's cache).
 """
 
 from __future__ import annotations
@@ -31,6 +32,23 @@ def port_state(address: str, port: int) -> str:
     return "free"
 
 
+def missing_libraries(sonames: list[str]) -> list[str]:
+    """Sonames absent from the loader cache. Not dlopen'ed: loading an allocator into a
+    running process would mix two mallocs."""
+    import shutil
+    import subprocess
+
+    if not sonames:
+        return []
+    ldconfig = shutil.which("ldconfig") or "/sbin/ldconfig"
+    try:
+        listing = subprocess.run([ldconfig, "-p"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        listing = ""
+    known = {line.split()[0] for line in listing.splitlines()[1:] if line.strip()}
+    return [name for name in sonames if name not in known]
+
+
 def gpu_count() -> int:
     import torch
 
@@ -42,8 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--address", required=True)
     p.add_argument("--port", type=int, action="append", default=[])
     p.add_argument("--gpus", action="store_true")
+    p.add_argument("--library", action="append", default=[])
     ns = p.parse_args(argv)
-    report: dict = {"busy": [], "error": None, "gpus": None}
+    report: dict = {"busy": [], "error": None, "gpus": None, "missing": missing_libraries(ns.library)}
     try:
         addr = socket.gethostbyname(ns.address)
     except OSError as exc:

@@ -25,7 +25,7 @@ from distgnn.ip_config import (
     resolve_entries,
 )
 from distgnn.launcher import rundir
-from distgnn.launcher.config import LaunchConfig
+from distgnn.launcher.config import TCMALLOC, LaunchConfig
 from distgnn.launcher.plan import RunPlan, check_gpus, format_plan, plan_run, plan_to_json
 from distgnn.launcher.monitor import NULL_MONITOR, NullMonitor, RunMonitor, start_monitor
 from distgnn.launcher.runner import LocalRunner, Runner, SshRunner
@@ -104,6 +104,8 @@ def probe_host(cfg: LaunchConfig, plan: RunPlan, runner: Runner, index: int) -> 
         argv += ["--port", str(port)]
     if cfg.gpus_per_host:
         argv.append("--gpus")
+    if cfg.allocator == "tcmalloc":
+        argv += ["--library", TCMALLOC]
     try:
         done = runner.capture(argv, timeout=PROBE_TIMEOUT_S + cfg.connect_timeout_s)
     except subprocess.TimeoutExpired:
@@ -120,6 +122,11 @@ def probe_host(cfg: LaunchConfig, plan: RunPlan, runner: Runner, index: int) -> 
         raise InputError(f"{where}: host check printed no result: {_last(done.stdout + done.stderr)}") from None
     if report["error"]:
         raise InputError(f"{where}: {report['error']}")
+    if report.get("missing"):
+        raise InputError(
+            f"{where}: --allocator tcmalloc needs {report['missing'][0]}, which is not installed there "
+            "(Debian: libtcmalloc-minimal4); install it or pass --allocator system"
+        )
     return HostReport(busy=list(report["busy"]), gpus=report["gpus"])
 
 

@@ -47,6 +47,9 @@ class TrainConfig:
     """Batches sampled and fetched ahead on a background thread while the model computes (0: off).
     Off by default: it pays only where a host has cores to spare (measured: x1.24 on a 200k-node
     graph, x0.81 on the 2M-node one, on 2 cores shared by two emulated hosts)."""
+    feature_cache_mb: int = 256
+    """MiB of remote nodes' feature rows each trainer keeps in memory (0: none): the halo nodes
+    with the most edges into its part, pulled once at start-up (distgnn.trainer.features)."""
     batch_size: int = 1000
     hidden: int = 256
     dropout: float = 0.5
@@ -101,6 +104,8 @@ class TrainConfig:
             raise InputError(f"--samplers {self.samplers}: must be at least 0")
         if self.prefetch < 0:
             raise InputError(f"--prefetch {self.prefetch}: must be at least 0")
+        if self.feature_cache_mb < 0:
+            raise InputError(f"--feature-cache-mb {self.feature_cache_mb}: must be at least 0 (0 turns the cache off)")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise InputError(f"--min-lr-ratio {self.min_lr_ratio}: must be in [0, 1]")
         if self.warmup_epochs < 0:
@@ -153,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fanouts", default="10,25", help="neighbours sampled per layer, input layer first, e.g. 10,25")
     p.add_argument("--eval-fanouts", default=None, help="fanouts for validation/test (default: --fanouts)")
     p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--feature-cache-mb", type=int, default=256,
+                   help="MiB of the most-sampled remote nodes' features kept in each trainer (0: off)")
     p.add_argument("--prefetch", type=int, default=0,
                    help="batches prepared ahead on a background thread (0: off); helps on hosts with spare cores")
     p.add_argument("--hidden", type=int, default=256)
@@ -194,6 +201,7 @@ def config_from_args(argv: list[str] | None = None) -> TrainConfig:
         eval_fanouts=None if ns.eval_fanouts is None else parse_fanouts(ns.eval_fanouts),
         batch_size=ns.batch_size,
         prefetch=ns.prefetch,
+        feature_cache_mb=ns.feature_cache_mb,
         hidden=ns.hidden,
         dropout=ns.dropout,
         epochs=ns.epochs,

@@ -20,6 +20,7 @@ from distgnn.trainer import checkpoint as ckpt
 from distgnn.trainer import step as steps
 from distgnn.trainer.cluster import Cluster, GraphFacts, split_nodes
 from distgnn.trainer.config import TrainConfig
+from distgnn.trainer.features import FeatureCache, build_cache
 from distgnn.trainer.model import GraphSAGE
 from distgnn.trainer.sampling import PartLocality, iterate_batches, make_loader, prefetched
 
@@ -81,7 +82,18 @@ class Trainer:
         self.scheduler = steps.warmup_cosine(self.optimizer, warmup, total, self.cfg.min_lr_ratio)
         self.progress = Progress()
         self.feat_bytes = self.facts.feat_dim * 4
+        self.cache = self._build_cache()
         self.metrics.info(self.cfg.to_json())
+
+    def _build_cache(self) -> FeatureCache | None:
+        if self.cfg.feature_cache_mb <= 0 or self.facts.num_parts == 1:
+            return None  # one part: no remote node to cache
+        c = self.cluster
+        t0 = time.perf_counter()
+        cache = build_cache(c.g, c.g.ndata["feat"], self.cfg.feature_cache_mb * 2**20, self.facts.feat_dim)
+        self.log.message(f"feature cache: {cache.size} remote nodes' rows, {cache.nbytes / 2**20:.0f} MiB, "
+                         f"filled in {time.perf_counter() - t0:.1f} s")
+        return cache
 
     # -- checkpoints -------------------------------------------------------------------------
 
@@ -116,7 +128,8 @@ class Trainer:
         self.ddp.train()
         c = self.cluster
         batches = prefetched(
-            iterate_batches(c.g, self.train_loader, self.locality, feat_bytes_per_node=self.feat_bytes),
+            iterate_batches(c.g, self.train_loader, self.locality, feat_bytes_per_node=self.feat_bytes,
+                            cache=self.cache),
             self.cfg.prefetch,
         )
         totals = dict.fromkeys(PHASES, 0.0)
@@ -173,7 +186,8 @@ class Trainer:
         fanouts = self.cfg.eval_fanouts or self.cfg.fanouts
         loader = make_loader(c.g, nids, fanouts, self.cfg.batch_size, shuffle=False)
         counts = torch.zeros(2, dtype=torch.float64)
-        for batch in iterate_batches(c.g, loader, self.locality, feat_bytes_per_node=self.feat_bytes):
+        for batch in iterate_batches(c.g, loader, self.locality, feat_bytes_per_node=self.feat_bytes,
+                                     cache=self.cache):
             layers, x, y = steps.move_batch(batch.layers, batch.x, batch.y, c.device)
             correct, total = steps.evaluate_batch(self.model, layers, x, y, precision=self.precision)
             counts += torch.tensor([correct, total], dtype=torch.float64)

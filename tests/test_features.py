@@ -1,0 +1,58 @@
+"""The trainer's remote-feature cache: which halo nodes it keeps, and that it serves exact rows."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from distgnn.trainer.features import FeatureCache, hottest_halo
+
+
+def test_hottest_halo_ranks_by_edges_into_the_part_then_id():
+    inner = torch.tensor([1, 1, 0, 0, 0, 0, 0], dtype=torch.uint8)
+    global_id = torch.tensor([10, 11, 40, 30, 20, 50, 60])
+    into = torch.tensor([5, 5, 2, 7, 2, 0, 1])
+    assert hottest_halo(inner, global_id, into, 10).tolist() == [30, 20, 40, 60]  # 50 has no edge in
+    assert hottest_halo(inner, global_id, into, 2).tolist() == [30, 20]
+    assert hottest_halo(inner, global_id, into, 0).tolist() == []
+
+
+def _table(n: int = 50, d: int = 4) -> torch.Tensor:
+    return torch.arange(n * d, dtype=torch.float32).reshape(n, d)
+
+
+def test_cache_serves_exact_rows_and_fetches_only_the_misses():
+    table = _table()
+    asked: list[torch.Tensor] = []
+
+    def fetch(ids: torch.Tensor) -> torch.Tensor:
+        asked.append(ids.clone())
+        return table[ids]
+
+    cache = FeatureCache.fill(torch.tensor([7, 3, 41]), num_nodes=50, feat_dim=4, fetch=fetch)
+    assert cache.size == 3 and cache.nbytes == 3 * 4 * 4 + 50 * 4
+    asked.clear()
+    nodes = torch.tensor([3, 0, 41, 41, 9, 7])
+    x, hits = cache.gather(nodes, fetch)
+    assert torch.equal(x, table[nodes]) and hits == 4
+    assert [a.tolist() for a in asked] == [[0, 9]]  # one fetch, for the uncached nodes only
+    asked.clear()
+    x, hits = cache.gather(torch.tensor([3, 7]), fetch)
+    assert torch.equal(x, table[[3, 7]]) and hits == 2 and asked == []
+
+
+@pytest.mark.parametrize("cached", [[], [5]])
+def test_cache_without_hits_is_one_plain_fetch(cached):
+    table = _table()
+    cache = FeatureCache.fill(torch.tensor(cached, dtype=torch.int64), 50, 4, lambda ids: table[ids])
+    x, hits = cache.gather(torch.tensor([1, 2]), lambda ids: table[ids])
+    assert torch.equal(x, table[[1, 2]]) and hits == 0
+
+
+def test_fill_pulls_in_chunks(monkeypatch):
+    import distgnn.trainer.features as features
+
+    monkeypatch.setattr(features, "FILL_CHUNK", 2)
+    table, sizes = _table(), []
+    cache = FeatureCache.fill(torch.tensor([1, 2, 3, 4, 5]), 50, 4, lambda ids: sizes.append(len(ids)) or table[ids])
+    assert sizes == [2, 2, 1] and torch.equal(cache.rows, table[[1, 2, 3, 4, 5]])
