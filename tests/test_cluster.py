@@ -4,6 +4,8 @@ namespaces reached over real sshd (two parts)."""
 
 from __future__ import annotations
 
+import json
+
 import subprocess
 from pathlib import Path
 
@@ -150,11 +152,15 @@ def ssh_flags(emu) -> list[str]:
 def test_two_hosts_two_trainers_each_pubmed(tmp_path, pubmed2, emu):
     hosts, _ = emu_hosts(tmp_path, emu)
     ws = tmp_path / "ws"
+    # with a small remote-feature cache: training and inference read cached rows too
     argv = launch(hosts, pubmed2, ws, "--trainers-per-host", "2", *ssh_flags(emu),
-                  train=[*PUBMED_TRAIN, "--predict-out", str(tmp_path / "pred")])
+                  train=[*PUBMED_TRAIN, "--predict-out", str(tmp_path / "pred"), "--feature-cache-mb", "1"])
     done, _ = run_launch(argv, CLUSTER_TIMEOUT_S)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     run = only_run(ws)
+    records = [json.loads(line) for log in sorted((run / "logs").glob("rank-*.jsonl")) for line in log.open()]
+    cached = [r["text"] for r in records if r["kind"] == "message" and r["text"].startswith("feature cache:")]
+    assert len(cached) == 4 and all(int(text.split()[2]) > 400 for text in cached), cached
     sums = summaries(run)
     assert len(sums) == 4
     assert len({s.param_digest for s in sums}) == 1, "DDP must leave identical parameters on every rank"
