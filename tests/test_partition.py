@@ -289,6 +289,19 @@ def test_spilling_arrays_during_metis_changes_nothing(tmp_path, monkeypatch):
     assert not any(".spill" in f for f in b.files)
 
 
+def test_a_failure_while_spilling_leaves_nothing_behind(tmp_path, monkeypatch):
+    import distgnn.partition.run as run_module
+
+    def broken(*_args):
+        raise MemoryError("no room for the CSR")
+
+    monkeypatch.setattr(run_module, "SPILL_BYTES", 0)
+    monkeypatch.setattr(run_module.plan, "symmetric_csr", broken)
+    with pytest.raises(MemoryError, match="no room"):
+        _partition(random_graph(num_nodes=400, num_edges=3000, seed=9), tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []  # the spill thread ended before the staging folder went
+
+
 def test_progress_lines_on_stderr_for_large_inputs_unless_quiet(tmp_path, monkeypatch):
     import io
 

@@ -149,9 +149,14 @@ class Spill:
         except BaseException as err:  # noqa: BLE001 - re-raised by finish()
             self._error = err
 
+    def wait(self) -> None:
+        """Let the writer thread end (so a failed run can delete the staging folder)."""
+        if self._thread is not None:
+            self._thread.join()
+
     def finish(self) -> None:
         assert self._thread is not None, "Spill.finish before start"
-        self._thread.join()
+        self.wait()
         if self._error is not None:
             raise self._error
         for name in SPILLED:
@@ -202,7 +207,11 @@ def assign(graph: GraphData, config: PartitionConfig, vwgt: np.ndarray, meter: P
         spilling = Spill(graph, spill) if spill is not None else None
         if spilling is not None:
             spilling.start()
-        indptr, indices = plan.symmetric_csr(graph.src, graph.dst, graph.num_nodes)
+        try:
+            indptr, indices = plan.symmetric_csr(graph.src, graph.dst, graph.num_nodes)
+        finally:
+            if spilling is not None:
+                spilling.wait()
         if spilling is not None:
             spilling.finish()
     library = choose_library(graph.num_nodes, int(indices.shape[0]), int(vwgt.sum(axis=0).max()))
