@@ -8,10 +8,12 @@ command -v sshd >/dev/null || [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v ssh >/dev/null      || need+=(openssh-client)
 command -v nsenter >/dev/null  || need+=(util-linux)
 command -v prometheus >/dev/null || need+=(prometheus)
+# grep reads the whole listing (no -q): an early exit would fail the pipe under pipefail
+has_lib() { /sbin/ldconfig -p 2>/dev/null | grep "$1 " >/dev/null; }
 # tcmalloc: launch preloads it into servers and trainers (--allocator)
-/sbin/ldconfig -p 2>/dev/null | grep 'libtcmalloc_minimal\.so\.4 ' >/dev/null || need+=(libtcmalloc-minimal4)
+has_lib 'libtcmalloc_minimal\.so\.4' || need+=(libtcmalloc-minimal4)
 # METIS with 32-bit ids: partitions in half the memory of pymetis's 64-bit build
-/sbin/ldconfig -p 2>/dev/null | grep 'libmetis\.so\.5 ' >/dev/null || need+=(libmetis5)
+has_lib 'libmetis\.so\.5' || need+=(libmetis5)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ]; then
   echo "install-system-deps: missing ${need[*]}; run as root or install them with apt-get" >&2

@@ -103,7 +103,7 @@ def _open(path: str) -> MetisLibrary:
     # array sized for 64-bit ones and leaves the sentinel in the rest.
     probe = np.full(METIS_NOPTIONS, 0x5A5A5A5A5A5A5A5A, dtype=np.int64)
     cdll.METIS_SetDefaultOptions.restype = ctypes.c_int
-    cdll.METIS_SetDefaultOptions(probe.ctypes.data_as(ctypes.c_void_p))
+    cdll.METIS_SetDefaultOptions(_ptr(probe))
     half = METIS_NOPTIONS // 2
     bits = 32 if probe[half] == 0x5A5A5A5A5A5A5A5A else 64
     cdll.METIS_PartGraphKway.restype = ctypes.c_int
@@ -257,8 +257,8 @@ def part_kway(
         "UFACTOR": options.ufactor, "NUMBERING": 0,
     })
     part = np.empty(n, dtype=idx)
-    target = coarsen_to(n, num_parts, options.coarsen_per_part)
-    if library.tunable and options.coarsen_per_part is not None:
+    if _stepwise(library, options):
+        target = planned_coarsen_to(library, n, num_parts, options)
         objval = _kway_stepwise(library, n, int(ncon[0]), xadj, adjncy, weights, num_parts, opts, part, target)
         return part.astype(np.int64, copy=False), objval
     nvtxs = np.array([n], dtype=idx)
@@ -273,6 +273,16 @@ def part_kway(
     if status != METIS_OK:
         raise RuntimeError(f"METIS_PartGraphKway ({library.path}) failed with status {status}")
     return part.astype(np.int64, copy=False), int(objval[0])
+
+
+def planned_coarsen_to(library: MetisLibrary, num_nodes: int, num_parts: int, options: MetisOptions) -> int:
+    """The coarsening target part_kway will use with this library: ours where it can run
+    METIS step by step, METIS's own otherwise."""
+    return coarsen_to(num_nodes, num_parts, options.coarsen_per_part if _stepwise(library, options) else None)
+
+
+def _stepwise(library: MetisLibrary, options: MetisOptions) -> bool:
+    return library.tunable and options.coarsen_per_part is not None
 
 
 def _kway_stepwise(lib: MetisLibrary, n: int, ncon: int, xadj: np.ndarray, adjncy: np.ndarray,

@@ -17,7 +17,7 @@ from distgnn.errors import InputError
 from distgnn.graph.data import MASK_NAMES, GraphData
 from distgnn.partition import layout as plan
 from distgnn.partition import shards
-from distgnn.partition.metis import COARSEN_PER_PART, MetisOptions, choose_library, coarsen_to, part_kway
+from distgnn.partition.metis import MetisOptions, choose_library, part_kway, planned_coarsen_to
 from distgnn.partition.report import PhaseMeter, balance, per_part_totals
 
 METHODS = ("metis", "random")
@@ -215,9 +215,8 @@ def assign(graph: GraphData, config: PartitionConfig, vwgt: np.ndarray, meter: P
         if spilling is not None:
             spilling.finish()
     library = choose_library(graph.num_nodes, int(indices.shape[0]), int(vwgt.sum(axis=0).max()))
-    options = MetisOptions(seed=config.seed, niter=config.metis_niter,
-                           coarsen_per_part=COARSEN_PER_PART if library.tunable else None)
-    target = coarsen_to(graph.num_nodes, config.num_parts, options.coarsen_per_part)
+    options = MetisOptions(seed=config.seed, niter=config.metis_niter)
+    target = planned_coarsen_to(library, graph.num_nodes, config.num_parts, options)
     detail = (f"k-way into {config.num_parts} parts, {vwgt.shape[1]} constraints, "
               f"{library.idx_bits}-bit ids, coarsening to {target} nodes")
     with meter.phase("metis", detail):
