@@ -42,6 +42,21 @@ def test_symmetric_csr_is_undirected_deduplicated_and_loop_free():
     assert indptr[0] == 0 and indptr[-1] == indices.shape[0]
 
 
+@pytest.mark.parametrize("workers", [2, 3, 5])
+def test_symmetric_csr_on_threads_equals_one_conversion(workers):
+    # Slices of the edge list converted apart share rows and duplicate edges: the merge
+    # must give exactly the single conversion's pattern, self-loops dropped.
+    rng = np.random.default_rng(workers)
+    src = rng.integers(0, 300, 4000)
+    dst = rng.integers(0, 300, 4000)
+    src[:500] = dst[:500]
+    src[3000:], dst[3000:] = dst[:1000], src[:1000]  # reversed repeats, in another slice
+    one = plan.symmetric_csr(src, dst, 300, workers=1)
+    many = plan.symmetric_csr(src, dst, 300, workers=workers)
+    assert many[0].dtype == one[0].dtype == np.int32 and many[1].dtype == np.int32
+    assert np.array_equal(many[0], one[0]) and np.array_equal(many[1], one[1])
+
+
 def test_symmetric_csr_keeps_isolated_nodes_and_handles_no_edges():
     indptr, indices = plan.symmetric_csr(np.array([0, 2], np.int64), np.array([2, 2], np.int64), 5)
     assert indptr.tolist() == [0, 1, 1, 2, 2, 2]

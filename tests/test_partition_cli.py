@@ -47,6 +47,20 @@ def test_partition_pubmed_prints_report_and_writes_shards(tmp_path):
     assert shards.read_part(shards.part_dir(tmp_path / "out", 1)).info.num_nodes == 19717
 
 
+def test_report_reader_closing_early_is_not_an_error(tmp_path):
+    # `partition ... | head -1`: the reader exits after one line, the report's next write
+    # hits a closed pipe. The partition is already published by then.
+    argv = [str(PARTITION)] if PARTITION.exists() else [sys.executable, "-m", "distgnn.partition.cli"]
+    proc = subprocess.Popen([*argv, "--graph", SMALL, "--num-parts", "4", "--out", str(tmp_path / "out")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.readline()
+    proc.stdout.close()
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0, stderr
+    assert "Traceback" not in stderr and "Broken pipe" not in stderr
+    assert shards.read_part(shards.part_dir(tmp_path / "out", 3)).info.num_parts == 4
+
+
 @pytest.fixture(scope="module")
 def small_partition(tmp_path_factory) -> Path:
     """One finished 2-part partition folder; tests copy it instead of re-running."""

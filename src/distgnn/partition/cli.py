@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -76,9 +77,15 @@ def main(argv: list[str] | None = None) -> int:
         from distgnn.partition.run import run
 
         run(config)
+        sys.stdout.flush()  # a closed pipe shows up here, inside the handler below
     except InputError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader of the report went away (`partition ... | head`). The partition was
+        # published before the report was printed; point stdout at /dev/null so that the
+        # interpreter's last flush does not raise a second time.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 
