@@ -304,17 +304,32 @@ def test_spilling_arrays_during_metis_changes_nothing(tmp_path, monkeypatch):
     assert not any(".spill" in f for f in b.files)
 
 
-def test_a_failure_while_spilling_leaves_nothing_behind(tmp_path, monkeypatch):
+def test_a_metis_failure_while_spilling_leaves_nothing_behind(tmp_path, monkeypatch):
     import distgnn.partition.run as run_module
 
     def broken(*_args):
-        raise MemoryError("no room for the CSR")
+        raise MemoryError("no room for METIS")
 
     monkeypatch.setattr(run_module, "SPILL_BYTES", 0)
-    monkeypatch.setattr(run_module.plan, "symmetric_csr", broken)
+    monkeypatch.setattr(run_module, "part_kway", broken)
     with pytest.raises(MemoryError, match="no room"):
         _partition(random_graph(num_nodes=400, num_edges=3000, seed=9), tmp_path / "out")
     assert list(tmp_path.iterdir()) == []  # the spill thread ended before the staging folder went
+
+
+def test_a_failed_spill_write_fails_the_run_and_leaves_nothing_behind(tmp_path, monkeypatch):
+    import distgnn.partition.run as run_module
+
+    def disk_full(path, *_args, **_kwargs):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(run_module, "SPILL_BYTES", 0)
+    monkeypatch.setattr(run_module.np, "save", disk_full)
+    graph = random_graph(num_nodes=400, num_edges=3000, seed=9)
+    with pytest.raises(OSError, match="No space left"):
+        _partition(graph, tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+    assert not isinstance(graph.src, np.memmap)  # nothing was swapped for a half-written copy
 
 
 def test_progress_lines_on_stderr_for_large_inputs_unless_quiet(tmp_path, monkeypatch):
