@@ -244,7 +244,7 @@ def part_kway(
     if num_parts == 1 or n == 0:
         return np.zeros(n, dtype=np.int64), 0
     if library is None:
-        library = choose_library(n, int(indices.shape[0]), _weight_total(vwgt, n))
+        library = choose_library(n, int(indices.shape[0]), largest_weight_total(vwgt, n))
     idx = library.dtype
     xadj = np.ascontiguousarray(indptr, dtype=idx)
     adjncy = np.ascontiguousarray(indices, dtype=idx)
@@ -318,7 +318,7 @@ def _kway_stepwise(lib: MetisLibrary, n: int, ncon: int, xadj: np.ndarray, adjnc
         c.gk_malloc_cleanup(0)
 
 
-def _weight_total(vwgt: np.ndarray | None, n: int) -> int:
+def largest_weight_total(vwgt: np.ndarray | None, n: int) -> int:
     """The largest column total of the vertex weights: METIS sums each in idx_t."""
     if vwgt is None or vwgt.size == 0:
         return n

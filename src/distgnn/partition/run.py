@@ -17,7 +17,9 @@ from distgnn.errors import InputError
 from distgnn.graph.data import MASK_NAMES, GraphData
 from distgnn.partition import layout as plan
 from distgnn.partition import shards
-from distgnn.partition.metis import MetisOptions, choose_library, part_kway, planned_coarsen_to
+from distgnn.partition.metis import (
+    MetisOptions, choose_library, largest_weight_total, part_kway, planned_coarsen_to,
+)
 from distgnn.partition.report import PhaseMeter, balance, per_part_totals
 
 METHODS = ("metis", "random")
@@ -209,7 +211,8 @@ def assign(graph: GraphData, config: PartitionConfig, vwgt: np.ndarray, meter: P
             return plan.random_assignment(graph.num_nodes, config.num_parts, config.seed), {}
     with meter.phase("csr", "symmetric de-duplicated adjacency"):
         indptr, indices = plan.symmetric_csr(graph.src, graph.dst, graph.num_nodes)
-    library = choose_library(graph.num_nodes, int(indices.shape[0]), int(vwgt.sum(axis=0).max()))
+    total = largest_weight_total(vwgt, graph.num_nodes)
+    library = choose_library(graph.num_nodes, int(indices.shape[0]), total)
     options = MetisOptions(seed=config.seed, niter=config.metis_niter)
     target = planned_coarsen_to(library, graph.num_nodes, config.num_parts, options)
     detail = (f"k-way into {config.num_parts} parts, {vwgt.shape[1]} constraints, "
