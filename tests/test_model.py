@@ -168,11 +168,11 @@ def test_compute_modules_do_not_import_dgl():
     assert proc.returncode == 0, proc.stderr
 
 
-def test_byte_dropout_drops_p_and_keeps_the_expectation():
-    from distgnn.trainer.model import ByteDropout
+def test_relu_dropout_drops_p_and_keeps_the_expectation():
+    from distgnn.trainer.model import ReLUDropout
 
     torch.manual_seed(0)
-    drop = ByteDropout(0.5)
+    drop = ReLUDropout(0.5)
     h = torch.ones(200, 500)
     out = drop(h)
     dropped = (out == 0).float().mean().item()
@@ -180,17 +180,49 @@ def test_byte_dropout_drops_p_and_keeps_the_expectation():
     assert torch.allclose(out[out != 0], torch.full_like(out[out != 0], 2.0))
     assert abs(out.mean().item() - 1.0) < 0.02
     drop.eval()
-    assert drop(h) is h
-    assert ByteDropout(0.1).p == 26 / 256 and ByteDropout(0.0)(h) is h
+    assert torch.equal(drop(h - 2), torch.zeros_like(h))
+    assert ReLUDropout(0.1).p == 26 / 256 and torch.equal(ReLUDropout(0.0)(h - 2), torch.zeros_like(h))
 
 
-def test_byte_dropout_gradient_flows_only_through_kept_entries():
-    from distgnn.trainer.model import ByteDropout
+def test_relu_dropout_zeroes_negatives_and_passes_gradient_only_through_kept_positives():
+    from distgnn.trainer.model import ReLUDropout
 
     torch.manual_seed(1)
     h = torch.randn(64, 32, requires_grad=True)
-    out = ByteDropout(0.25)(h)
+    out = ReLUDropout(0.25)(h)
+    assert torch.all(out[h.detach() <= 0] == 0)
     out.sum().backward()
     kept = out.detach() != 0
+    assert kept.sum() > 0.6 * (h.detach() > 0).sum()
+    assert torch.allclose(out[kept], h.detach()[kept] / 0.75)
     assert torch.allclose(h.grad[kept], torch.full_like(h.grad[kept], 1 / 0.75))
     assert torch.all(h.grad[~kept] == 0)
+
+
+def test_relu_dropout_mask_follows_torch_seed():
+    from distgnn.trainer.model import ReLUDropout
+
+    h = torch.rand(100, 64) + 0.1
+    drop = ReLUDropout(0.5)
+    torch.manual_seed(7)
+    first = drop(h)
+    torch.manual_seed(7)
+    again = drop(h)
+    assert torch.equal(first, again) and not torch.equal(first, drop(h))
+
+
+@pytest.mark.parametrize("runs", [1, 2, 3])
+def test_mean_matrix_of_edges_in_runs_equals_one_built_from_sorted_edges(runs):
+    # A distributed block lists each part's sampled edges as one run grouped by destination;
+    # the CPU build must give the matrix that the definition (1/in-degree per edge) gives.
+    gen = torch.Generator().manual_seed(runs)
+    num_dst, num_src = 50, 120
+    degree = torch.randint(0, 6, (num_dst,), generator=gen)
+    dst = torch.repeat_interleave(torch.arange(num_dst), degree)
+    src = torch.randint(0, num_src, (dst.numel(),), generator=gen)
+    owner = torch.arange(num_dst) % runs
+    order = torch.cat([torch.nonzero(owner[dst] == r).squeeze(1) for r in range(runs)])
+    built = LayerGraph(src[order], dst[order], num_src, num_dst).with_mean_matrix().adj.to_dense()
+    expected = torch.zeros(num_dst, num_src)
+    expected.index_put_((dst, src), 1.0 / degree[dst].float(), accumulate=True)
+    assert torch.allclose(built, expected)
