@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import subprocess
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -88,9 +89,13 @@ def test_one_host_two_trainers_pubmed(tmp_path, pubmed1):
     ws = tmp_path / "ws"
     argv = launch(hosts, pubmed1, ws, "--trainers-per-host", "2",
                   train=[*PUBMED_TRAIN, "--checkpoint-dir", str(tmp_path / "ck"), "--predict-out", str(tmp_path / "pred")])
+    temp_before = set(Path(tempfile.gettempdir()).glob("torchelastic_*"))
     done, _ = run_launch(argv, CLUSTER_TIMEOUT_S)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     run = only_run(ws)
+    # torchrun's folders live in the run's logs, not as a new /tmp folder per run.
+    assert set(Path(tempfile.gettempdir()).glob("torchelastic_*")) <= temp_before
+    assert [p.name for p in (run / "logs").glob("*-torchrun")] == ["127.0.0.1-torchrun"]
     sums = summaries(run)
     assert len(sums) == 2
     assert len({s.param_digest for s in sums}) == 1, "DDP must leave identical parameters on every rank"

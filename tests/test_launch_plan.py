@@ -58,6 +58,7 @@ def test_cpu_plan_has_servers_and_one_torchrun_group_per_host(n):
         assert _flag(group.argv, "--node-rank") == str(i)
         assert _flag(group.argv, "--nproc-per-node") == "2"
         assert _flag(group.argv, "--master-addr") == "10.0.0.1"
+        assert _flag(group.argv, "--log-dir") == str(RUN / "logs" / f"{entry.address}-torchrun")  # not /tmp
         assert group.argv[group.argv.index("-m", 3) + 1] == "distgnn.trainer.cli"
         assert group.argv[-2:] == ["--epochs", "3"]  # user arguments last: they win
         assert _flag(group.argv, "--job-id") == "job1" and _flag(group.argv, "--run-dir") == str(RUN)

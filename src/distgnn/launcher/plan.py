@@ -203,6 +203,7 @@ def _trainer_group(
         "--master-port", str(cfg.master_port),
         # torchrun checks its workers every 5 s by default: a failure or the end would wait for it.
         "--monitor-interval", "1",
+        "--log-dir", str(rundir.torchrun_log_dir(plan.run_dir, entry.address)),
         "-m", cfg.trainer_module,
         "--shards", str(plan.shards_path),
         "--ip-config", str(plan.ip_config_path),

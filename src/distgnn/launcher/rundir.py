@@ -3,6 +3,8 @@
     plan.json       the RunPlan (plan_to_json)
     ip_config.txt   the DGL-readable host list every process reads
     logs/<host>-<role>-<rank>.log
+    logs/<host>-torchrun/   torchrun's own per-attempt folders (its default is a new
+                    /tmp/torchelastic_* folder per run, never removed)
     shards/         this host's part, when shards are staged
     status.json     the final RunResult, written when the run ends
     prometheus/targets.json   the run's /metrics endpoints (distgnn.metrics owns the format and
@@ -32,6 +34,10 @@ def run_dir(workspace: Path, job_id: str) -> Path:
 
 def log_path(run: Path, host: str, role: str, rank: int) -> Path:
     return run / "logs" / f"{host}-{role}-{rank}.log"
+
+
+def torchrun_log_dir(run: Path, host: str) -> Path:
+    return run / "logs" / f"{host}-torchrun"
 
 
 def ip_config_path(run: Path) -> Path:
