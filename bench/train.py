@@ -7,9 +7,9 @@ validation accuracy for both, and the ratios. Needs root (network namespaces).
 
 Four configurations run in turn, --repeats times (ABCDABCD, so a noisy stretch of the machine
 hits all of them): the baseline as DGL's example runs (glibc malloc), our `train` as `launch`
-starts it (tcmalloc preloaded), ours with the remote-feature cache, and the
-baseline given tcmalloc too, to show how much of the difference is the allocator. Each run's figure is the mean over its epochs after
-the first; the table shows the mean over repeats.
+starts it (tcmalloc preloaded, remote-feature cache on), ours without the cache, and the
+baseline given tcmalloc too, to show how much of the difference is the allocator. Each run's
+figure is the mean over its epochs after the first; the table shows the mean over repeats.
 
     python bench/train.py                      # 2,000,000 nodes / 20,000,000 edges, 64-d
     python bench/train.py --nodes 200000       # a quicker look
@@ -121,7 +121,7 @@ def main() -> int:
     configs = [
         ("baseline (DGL example, glibc)", "baseline_dgl_sage", "system", []),
         ("distgnn train (launch default)", None, "tcmalloc", same_optimizer),
-        ("distgnn train, feature cache 256 MiB", None, "tcmalloc", [*same_optimizer, "--feature-cache-mb", "256"]),
+        ("distgnn train, no feature cache", None, "tcmalloc", [*same_optimizer, "--feature-cache-mb", "0"]),
         ("baseline + tcmalloc", "baseline_dgl_sage", "tcmalloc", []),
     ]
     runs: dict[str, list[dict]] = {name: [] for name, *_ in configs}

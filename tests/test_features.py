@@ -56,3 +56,29 @@ def test_fill_pulls_in_chunks(monkeypatch):
     table, sizes = _table(), []
     cache = FeatureCache.fill(torch.tensor([1, 2, 3, 4, 5]), 50, 4, lambda ids: sizes.append(len(ids)) or table[ids])
     assert sizes == [2, 2, 1] and torch.equal(cache.rows, table[[1, 2, 3, 4, 5]])
+
+
+def test_own_rows_are_read_in_place_and_only_uncached_remote_rows_are_fetched():
+    table = _table()
+    asked: list[list[int]] = []
+
+    def fetch(ids: torch.Tensor) -> torch.Tensor:
+        asked.append(ids.tolist())
+        return table[ids]
+
+    # This part owns nodes 20..29; 3 and 41 are cached remote nodes.
+    cache = FeatureCache.fill(torch.tensor([3, 41]), 50, 4, fetch).with_local_rows(table[20:30].clone(), 20)
+    asked.clear()
+    nodes = torch.tensor([25, 3, 20, 41, 9, 29, 9, 48])
+    x, hits = cache.gather(nodes, fetch)
+    assert torch.equal(x, table[nodes]) and hits == 2
+    assert asked == [[9, 9, 48]]  # own rows never go through fetch
+    asked.clear()
+    x, hits = cache.gather(torch.tensor([21, 41]), fetch)
+    assert torch.equal(x, table[[21, 41]]) and hits == 1 and asked == []
+
+
+def test_local_rows_must_match_the_cached_width():
+    cache = FeatureCache.fill(torch.tensor([1]), 10, 4, lambda ids: _table(10)[ids])
+    with pytest.raises(ValueError, match="do not match"):
+        cache.with_local_rows(torch.zeros(5, 3), 0)

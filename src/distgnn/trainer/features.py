@@ -10,10 +10,10 @@ start-up, and served from memory afterwards; features do not change during train
 Pure tensor code except `build_cache`, which reads the local partition DGL shares with the
 trainer and pulls the rows through the DistTensor.
 
-Measured on 2 emulated hosts sharing 2 cores over a loopback bridge (bench/train.py), a
-256 MiB cache made fetch slower, 2.2 against 1.6 s an epoch: there the remote rows cost
-little and splitting each batch into cached and fetched rows costs more. Hence `train`
-leaves it off unless --feature-cache-mb asks for it.
+A batch's rows are assembled without DGL's pull where possible: the part's own rows are
+read straight from the shared-memory tensor the local graph server holds (which is what
+DGL's pull does for them too), cached rows from memory, and only the rest goes through
+`fetch`.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 
 FILL_CHUNK = 65536
@@ -53,6 +54,10 @@ class FeatureCache:
     """int32 [num_nodes]: row of each global id in `rows`, -1 when not cached (4 bytes a node)."""
     rows: torch.Tensor
     """[cached, feat_dim] features."""
+    local_rows: torch.Tensor | None = None
+    """This part's own rows, row i being node local_start + i: the local graph server's
+    shared-memory tensor, read in place. None: every uncached row goes through `fetch`."""
+    local_start: int = 0
 
     @classmethod
     def empty(cls, num_nodes: int, feat_dim: int, dtype: torch.dtype = torch.float32) -> FeatureCache:
@@ -69,6 +74,11 @@ class FeatureCache:
         cache.slot[ids] = torch.arange(ids.numel(), dtype=torch.int32)
         return cache
 
+    def with_local_rows(self, rows: torch.Tensor, start: int) -> FeatureCache:
+        if rows.dim() != 2 or rows.shape[1] != self.rows.shape[1]:
+            raise ValueError(f"local rows of shape {tuple(rows.shape)} do not match cached rows {tuple(self.rows.shape)}")
+        return FeatureCache(self.slot, self.rows, rows, int(start))
+
     @property
     def size(self) -> int:
         return int(self.rows.shape[0])
@@ -78,28 +88,43 @@ class FeatureCache:
         return self.rows.numel() * self.rows.element_size() + self.slot.numel() * 4
 
     def gather(self, nodes: torch.Tensor, fetch: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, int]:
-        """Features of `nodes` (cached rows from memory, the rest through `fetch`); and the hit count."""
+        """Features of `nodes` (own and cached rows from memory, the rest through `fetch`); and
+        the number of cached rows used."""
         if self.size == 0:
             return fetch(nodes), 0
-        slot = self.slot[nodes]
-        hit = slot >= 0
-        hits = int(hit.sum())
-        if hits == 0:
-            return fetch(nodes), 0
-        x = torch.empty((nodes.numel(), self.rows.shape[1]), dtype=self.rows.dtype)
-        x[hit] = self.rows[slot[hit].long()]
-        miss = ~hit
-        if hits < nodes.numel():
-            x[miss] = fetch(nodes[miss]).to(self.rows.dtype)
+        ids = nodes.numpy()
+        if self.local_rows is not None:
+            offset = ids - self.local_start
+            count = self.local_rows.shape[0]
+            pending = np.flatnonzero((offset < 0) | (offset >= count))
+            # One gather for every position, then the other rows written over theirs: less
+            # than splitting the batch by owner first. NumPy's take: 2.4 ms for 75,000 rows of
+            # 64 floats against 3.0 ms for torch's index_select.
+            own = np.take(self.local_rows.numpy(), np.clip(offset, 0, max(count - 1, 0)), axis=0)
+            x = torch.from_numpy(own)
+        else:
+            pending = np.arange(len(ids))
+            x = torch.empty((len(ids), self.rows.shape[1]), dtype=self.rows.dtype)
+        slots = self.slot.numpy()[ids[pending]]
+        hit = slots >= 0
+        hits = int(np.count_nonzero(hit))
+        if hits:
+            cached = self.rows.index_select(0, torch.from_numpy(slots[hit].astype(np.int64)))
+            x.index_copy_(0, torch.from_numpy(pending[hit]), cached)
+        missed = torch.from_numpy(pending[~hit])
+        if missed.numel():
+            x.index_copy_(0, missed, fetch(nodes[missed]).to(x.dtype))
         return x, hits
 
 
 def build_cache(g, feat, budget_bytes: int, feat_dim: int) -> FeatureCache:
-    """Pull the hottest halo nodes' rows of `feat` (a DistTensor), within budget_bytes of rows."""
+    """Pull the hottest halo nodes' rows of `feat` (a DistTensor) that fit in budget_bytes
+    with the slot table; empty when the table alone does not fit."""
     import dgl
 
     num_nodes = int(g.num_nodes())
-    limit = budget_bytes // max(1, 4 * feat_dim)
+    # The budget holds the slot table too (4 bytes a node of the whole graph).
+    limit = (budget_bytes - 4 * num_nodes) // max(1, 4 * feat_dim)
     if limit <= 0:
         return FeatureCache.empty(num_nodes, feat_dim)
     local = g.local_partition
@@ -109,4 +134,12 @@ def build_cache(g, feat, budget_bytes: int, feat_dim: int) -> FeatureCache:
     inner = local.ndata["inner_node"].bool()
     into = torch.bincount(src[inner[dst]], minlength=local.num_nodes())
     ids = hottest_halo(inner, local.ndata[dgl.NID], into, limit)
-    return FeatureCache.fill(ids, num_nodes, feat_dim, lambda chunk: feat[chunk])
+    cache = FeatureCache.fill(ids, num_nodes, feat_dim, lambda chunk: feat[chunk])
+    # The part's own rows, in place: DGL's kvstore keeps them in shared memory ordered by
+    # global id from the start of the part's range (the shard format gives every part one).
+    book = g.get_partition_book()
+    own = book.partid2nids(book.partid)
+    rows = feat.local_partition
+    if len(own) and int(own[-1]) - int(own[0]) + 1 == len(own) == rows.shape[0]:
+        cache = cache.with_local_rows(rows, int(own[0]))
+    return cache

@@ -91,6 +91,12 @@ class Trainer:
         c = self.cluster
         t0 = time.perf_counter()
         cache = build_cache(c.g, c.g.ndata["feat"], self.cfg.feature_cache_mb * 2**20, self.facts.feat_dim)
+        if cache.size == 0:
+            table_mb = cache.slot.numel() * 4 / 2**20
+            why = (f"its slot table alone ({table_mb:.0f} MiB) fills --feature-cache-mb {self.cfg.feature_cache_mb}"
+                   if table_mb >= self.cfg.feature_cache_mb else "no remote node is sampled from this part")
+            self.log.message(f"feature cache off: {why}")
+            return None
         self.log.message(f"feature cache: {cache.size} remote nodes' rows, {cache.nbytes / 2**20:.0f} MiB, "
                          f"filled in {time.perf_counter() - t0:.1f} s")
         return cache
