@@ -226,3 +226,7 @@ def test_mean_matrix_of_edges_in_runs_equals_one_built_from_sorted_edges(runs):
     expected = torch.zeros(num_dst, num_src)
     expected.index_put_((dst, src), 1.0 / degree[dst].float(), accumulate=True)
     assert torch.allclose(built, expected)
+    # The torch build that CUDA layers use gives the same matrix.
+    from distgnn.trainer.model import _mean_matrix_torch
+
+    assert torch.equal(_mean_matrix_torch(src[order], dst[order], num_src, num_dst).to_dense(), built)

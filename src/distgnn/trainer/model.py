@@ -74,35 +74,8 @@ class LayerGraph:
         """This layer with its mean-aggregation matrix built (idempotent)."""
         if self.adj is not None:
             return self
-        if self.dst.device.type == "cpu":
-            return LayerGraph(self.src, self.dst, self.num_src, self.num_dst, self._mean_matrix_numpy())
-        degree = torch.bincount(self.dst, minlength=self.num_dst)
-        crow = torch.zeros(self.num_dst + 1, dtype=torch.int64, device=self.dst.device)
-        torch.cumsum(degree, 0, out=crow[1:])
-        dst, col = self.dst, self.src
-        # DGL's sampled blocks list edges grouped by destination already; sort only if not.
-        if dst.numel() > 1 and bool((dst[1:] < dst[:-1]).any()):
-            order = torch.argsort(dst, stable=True)
-            dst, col = dst[order], col[order]
-        values = (1.0 / degree.clamp(min=1).to(torch.float32))[dst]
-        adj = torch.sparse_csr_tensor(crow, col, values, size=(self.num_dst, self.num_src))
-        return LayerGraph(self.src, self.dst, self.num_src, self.num_dst, adj)
-
-    def _mean_matrix_numpy(self) -> torch.Tensor:
-        # A distributed sampler's block lists edges as a few runs (one per part that sampled
-        # them), each grouped by destination. NumPy's stable sort is a timsort, which merges
-        # such runs in linear time: 0.6 ms for a 73,000-edge layer against 2.2 ms for torch's
-        # radix argsort plus gathers.
-        dst = self.dst.numpy()
-        order = np.argsort(dst, kind="stable")
-        dst, col = dst[order], self.src.numpy()[order]
-        degree = np.bincount(dst, minlength=self.num_dst)
-        crow = np.zeros(self.num_dst + 1, dtype=np.int64)
-        np.cumsum(degree, out=crow[1:])
-        values = (np.float32(1.0) / np.maximum(degree, 1).astype(np.float32))[dst]
-        return torch.sparse_csr_tensor(
-            torch.from_numpy(crow), torch.from_numpy(col), torch.from_numpy(values), size=(self.num_dst, self.num_src)
-        )
+        build = _mean_matrix_numpy if self.dst.device.type == "cpu" else _mean_matrix_torch
+        return LayerGraph(self.src, self.dst, self.num_src, self.num_dst, build(self.src, self.dst, self.num_src, self.num_dst))
 
     def state(self) -> dict[str, Any]:
         """Plain tensors and ints, loadable with torch.load(weights_only=True)."""
@@ -111,6 +84,37 @@ class LayerGraph:
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> LayerGraph:
         return cls(state["src"], state["dst"], int(state["num_src"]), int(state["num_dst"]))
+
+
+def _mean_matrix_torch(src: torch.Tensor, dst: torch.Tensor, num_src: int, num_dst: int) -> torch.Tensor:
+    """The num_dst x num_src CSR matrix with 1/in-degree at every edge, on the edges' device."""
+    degree = torch.bincount(dst, minlength=num_dst)
+    crow = torch.zeros(num_dst + 1, dtype=torch.int64, device=dst.device)
+    torch.cumsum(degree, 0, out=crow[1:])
+    col = src
+    # DGL's sampled blocks list edges grouped by destination already; sort only if not.
+    if dst.numel() > 1 and bool((dst[1:] < dst[:-1]).any()):
+        order = torch.argsort(dst, stable=True)
+        dst, col = dst[order], col[order]
+    values = (1.0 / degree.clamp(min=1).to(torch.float32))[dst]
+    return torch.sparse_csr_tensor(crow, col, values, size=(num_dst, num_src))
+
+
+def _mean_matrix_numpy(src: torch.Tensor, dst: torch.Tensor, num_src: int, num_dst: int) -> torch.Tensor:
+    """The same matrix for CPU tensors. A distributed sampler's block lists edges as a few
+    runs (one per part that sampled them), each grouped by destination. NumPy's stable sort
+    is a timsort, which merges such runs in linear time: 0.6 ms for a 73,000-edge layer
+    against 2.2 ms for torch's radix argsort plus gathers."""
+    dst_np = dst.numpy()
+    order = np.argsort(dst_np, kind="stable")
+    dst_np, col = dst_np[order], src.numpy()[order]
+    degree = np.bincount(dst_np, minlength=num_dst)
+    crow = np.zeros(num_dst + 1, dtype=np.int64)
+    np.cumsum(degree, out=crow[1:])
+    values = (np.float32(1.0) / np.maximum(degree, 1).astype(np.float32))[dst_np]
+    return torch.sparse_csr_tensor(
+        torch.from_numpy(crow), torch.from_numpy(col), torch.from_numpy(values), size=(num_dst, num_src)
+    )
 
 
 def mean_aggregate(layer: LayerGraph, h_src: torch.Tensor) -> torch.Tensor:
