@@ -230,3 +230,20 @@ def test_mean_matrix_of_edges_in_runs_equals_one_built_from_sorted_edges(runs):
     from distgnn.trainer.model import _mean_matrix_torch
 
     assert torch.equal(_mean_matrix_torch(src[order], dst[order], num_src, num_dst).to_dense(), built)
+
+
+def test_mean_aggregate_gradient_equals_the_dense_products():
+    # The CPU backward is SciPy's product with the transposed matrix; check it against
+    # autograd through a dense matrix, with repeated edges and a destination without any.
+    gen = torch.Generator().manual_seed(3)
+    src = torch.tensor([0, 4, 4, 2, 5, 1, 3, 3, 6])
+    dst = torch.tensor([2, 2, 2, 0, 0, 3, 3, 3, 3])
+    layer = LayerGraph(src, dst, num_src=7, num_dst=5)
+    h = torch.randn(7, 3, generator=gen, requires_grad=True)
+    upstream = torch.randn(5, 3, generator=gen)
+    (mean_aggregate(layer, h) * upstream).sum().backward()
+    dense = torch.zeros(5, 7)
+    dense.index_put_((dst, src), 1.0 / torch.bincount(dst, minlength=5)[dst].float(), accumulate=True)
+    h_ref = h.detach().clone().requires_grad_()
+    (dense @ h_ref * upstream).sum().backward()
+    assert torch.allclose(h.grad, h_ref.grad, atol=1e-6)

@@ -76,7 +76,9 @@ class FeatureCache:
 
     def with_local_rows(self, rows: torch.Tensor, start: int) -> FeatureCache:
         if rows.dim() != 2 or rows.shape[1] != self.rows.shape[1]:
-            raise ValueError(f"local rows of shape {tuple(rows.shape)} do not match cached rows {tuple(self.rows.shape)}")
+            raise ValueError(
+                f"local rows of shape {tuple(rows.shape)} do not match cached rows {tuple(self.rows.shape)}"
+            )
         return FeatureCache(self.slot, self.rows, rows, int(start))
 
     @property

@@ -75,7 +75,8 @@ class LayerGraph:
         if self.adj is not None:
             return self
         build = _mean_matrix_numpy if self.dst.device.type == "cpu" else _mean_matrix_torch
-        return LayerGraph(self.src, self.dst, self.num_src, self.num_dst, build(self.src, self.dst, self.num_src, self.num_dst))
+        adj = build(self.src, self.dst, self.num_src, self.num_dst)
+        return LayerGraph(self.src, self.dst, self.num_src, self.num_dst, adj)
 
     def state(self) -> dict[str, Any]:
         """Plain tensors and ints, loadable with torch.load(weights_only=True)."""
