@@ -43,7 +43,7 @@ def main() -> int:
     orig_of = g.ndata["orig_id"]
     locality = PartLocality(g)
     # A small remote-feature cache (1 MiB: ~500 PubMed rows), checked like the fetch itself.
-    cache = build_cache(g, g.ndata["feat"], 2**20, facts.feat_dim)
+    cache = build_cache(g, g.ndata["feat"], 2**20, facts.feat_dim, (locality.lo, locality.hi))
 
     seeds = torch.cat([split_nodes(g, "train_mask"), split_nodes(g, "val_mask"), split_nodes(g, "test_mask")])
     loader = make_loader(g, seeds, cfg.fanouts, cfg.batch_size, shuffle=True)

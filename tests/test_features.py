@@ -82,3 +82,11 @@ def test_local_rows_must_match_the_cached_width():
     cache = FeatureCache.fill(torch.tensor([1]), 10, 4, lambda ids: _table(10)[ids])
     with pytest.raises(ValueError, match="do not match"):
         cache.with_local_rows(torch.zeros(5, 3), 0)
+
+
+def test_the_budget_holds_the_slot_table_before_any_row():
+    from distgnn.trainer.features import rows_within
+
+    assert rows_within(4 * 100 + 16 * 3, num_nodes=100, feat_dim=4) == 3  # 16-byte rows
+    assert rows_within(4 * 100 + 15, num_nodes=100, feat_dim=4) == 0
+    assert rows_within(100, num_nodes=100, feat_dim=4) == 0  # the table alone does not fit

@@ -119,15 +119,20 @@ class FeatureCache:
         return x, hits
 
 
-def build_cache(g, feat, budget_bytes: int, feat_dim: int) -> FeatureCache:
+def rows_within(budget_bytes: int, num_nodes: int, feat_dim: int) -> int:
+    """Feature rows that fit in budget_bytes beside the slot table (4 bytes a node of the graph)."""
+    return max(0, (budget_bytes - 4 * num_nodes) // max(1, 4 * feat_dim))
+
+
+def build_cache(g, feat, budget_bytes: int, feat_dim: int, own: tuple[int, int]) -> FeatureCache:
     """Pull the hottest halo nodes' rows of `feat` (a DistTensor) that fit in budget_bytes
-    with the slot table; empty when the table alone does not fit."""
+    with the slot table; empty when the table alone does not fit. `own` is this part's node
+    range [start, end) (PartLocality's), whose rows the cache then reads in place."""
     import dgl
 
     num_nodes = int(g.num_nodes())
-    # The budget holds the slot table too (4 bytes a node of the whole graph).
-    limit = (budget_bytes - 4 * num_nodes) // max(1, 4 * feat_dim)
-    if limit <= 0:
+    limit = rows_within(budget_bytes, num_nodes, feat_dim)
+    if limit == 0:
         return FeatureCache.empty(num_nodes, feat_dim)
     local = g.local_partition
     # Edges into the part: the local graph's edges whose destination is inner (the part owns
@@ -138,10 +143,9 @@ def build_cache(g, feat, budget_bytes: int, feat_dim: int) -> FeatureCache:
     ids = hottest_halo(inner, local.ndata[dgl.NID], into, limit)
     cache = FeatureCache.fill(ids, num_nodes, feat_dim, lambda chunk: feat[chunk])
     # The part's own rows, in place: DGL's kvstore keeps them in shared memory ordered by
-    # global id from the start of the part's range (the shard format gives every part one).
-    book = g.get_partition_book()
-    own = book.partid2nids(book.partid)
+    # global id from the start of the part's range.
     rows = feat.local_partition
-    if len(own) and int(own[-1]) - int(own[0]) + 1 == len(own) == rows.shape[0]:
-        cache = cache.with_local_rows(rows, int(own[0]))
+    start, end = own
+    if end > start and rows.shape[0] == end - start:
+        cache = cache.with_local_rows(rows, start)
     return cache

@@ -20,7 +20,7 @@ from distgnn.trainer import checkpoint as ckpt
 from distgnn.trainer import step as steps
 from distgnn.trainer.cluster import Cluster, GraphFacts, split_nodes
 from distgnn.trainer.config import TrainConfig
-from distgnn.trainer.features import FeatureCache, build_cache
+from distgnn.trainer.features import FeatureCache, build_cache, rows_within
 from distgnn.trainer.model import GraphSAGE
 from distgnn.trainer.sampling import PartLocality, iterate_batches, make_loader, prefetched
 
@@ -90,11 +90,14 @@ class Trainer:
             return None  # one part: no remote node to cache
         c = self.cluster
         t0 = time.perf_counter()
-        cache = build_cache(c.g, c.g.ndata["feat"], self.cfg.feature_cache_mb * 2**20, self.facts.feat_dim)
+        budget = self.cfg.feature_cache_mb * 2**20
+        own = (self.locality.lo, self.locality.hi)
+        cache = build_cache(c.g, c.g.ndata["feat"], budget, self.facts.feat_dim, own)
         if cache.size == 0:
             table_mb = cache.slot.numel() * 4 / 2**20
             why = (f"its slot table alone ({table_mb:.0f} MiB) fills --feature-cache-mb {self.cfg.feature_cache_mb}"
-                   if table_mb >= self.cfg.feature_cache_mb else "no remote node is sampled from this part")
+                   if rows_within(budget, cache.slot.numel(), self.facts.feat_dim) == 0
+                   else "no remote node is sampled from this part")
             self.log.message(f"feature cache off: {why}")
             return None
         self.log.message(f"feature cache: {cache.size} remote nodes' rows, {cache.nbytes / 2**20:.0f} MiB, "
