@@ -149,9 +149,8 @@ class _CPUSparseMM(torch.autograd.Function):
         return torch.sparse.mm(adj, h)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, torch.Tensor | None]:
-        if not ctx.needs_input_grad[1]:
-            return None, None
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, torch.Tensor]:
+        # Only applied to an h that requires grad (mean_aggregate), so the gradient is always owed.
         import scipy.sparse  # CPU only; the GPU path never reaches here
 
         adj = ctx.adj
