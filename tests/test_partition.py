@@ -135,7 +135,8 @@ def test_stepwise_kway_matches_the_public_call_at_metis_own_target(metis_library
     g = pubmed()
     indptr, indices = plan.symmetric_csr(g.src, g.dst, g.num_nodes)
     vwgt, _ = plan.vertex_weights(g)
-    public, public_cut = part_kway(indptr, indices, 4, vwgt, MetisOptions(seed=3, coarsen_per_part=None), metis_library)
+    metis_own = MetisOptions(seed=3, coarsen_per_part=None, initial_tries=None)
+    public, public_cut = part_kway(indptr, indices, 4, vwgt, metis_own, metis_library)
     idx = metis_library.dtype
     part = np.empty(g.num_nodes, dtype=idx)
     opts = _options(metis_library, {"SEED": 3, "NITER": 10, "NCUTS": 1, "UFACTOR": -1, "NUMBERING": 0})
@@ -246,6 +247,7 @@ def test_partition_pubmed_report_and_manifest(tmp_path):
     assert sum(r["out_edges"] for r in report["parts"]) == report["edge_cut"]["count"]
     assert manifest.data["versions"]["pymetis"] and manifest.data["versions"]["dgl"]
     assert manifest.data["metis"]["idx_bits"] == 32 and "libmetis" in manifest.data["metis"]["library"]
+    assert manifest.data["metis"]["initial_tries"] == 1
     for p in range(4):
         assert f"{shards.part_dir('.', p).name}/nodes.parquet" in manifest.files
 
@@ -363,3 +365,22 @@ def test_dry_run_estimate_scales_with_the_input():
     assert 0.9 * 2**30 < big.disk_bytes < 2 * 2**30
     rand = estimate(num_nodes=2_000_000, num_edges=20_000_000, feat_dim=64, num_parts=4, method="random")
     assert rand.peak_memory_bytes < 0.7 * big.peak_memory_bytes  # no METIS hierarchy
+
+
+def test_part_kway_asks_metis_for_the_configured_number_of_initial_partitionings(monkeypatch, metis_library):
+    import distgnn.partition.metis as metis
+
+    written = {}
+    original = metis._CtrlFields.__setitem__
+
+    def record(self, name, value):
+        written[name] = value
+        original(self, name, value)
+
+    monkeypatch.setattr(metis._CtrlFields, "__setitem__", record)
+    indptr, indices = _two_cliques()
+    # None: METIS's rule, 4 when coarsening stops at its floor of 30 nodes a part (as on 8 nodes)
+    for tries, expected in ((1, 1), (3, 3), (None, 4)):
+        part, cut = part_kway(indptr, indices, 2, None, MetisOptions(initial_tries=tries, coarsen_per_part=1),
+                              metis_library)
+        assert written["nIparts"] == expected and cut == 1

@@ -98,7 +98,9 @@ def format_report(report: dict, stream: TextIO = sys.stdout) -> None:
     )
     metis = report.get("metis") or {}
     if metis:
-        print(f"METIS: {metis['library']} ({metis['idx_bits']}-bit ids), coarsening to {metis['coarsen_to']} nodes",
+        tries = metis.get("initial_tries")
+        print(f"METIS: {metis['library']} ({metis['idx_bits']}-bit ids), coarsening to {metis['coarsen_to']} nodes, "
+              f"{'its own number of' if tries is None else tries} initial partitioning{'' if tries == 1 else 's'}",
               file=stream)
     print(f"edge cut: {cut['count']} of {report['num_edges']} edges ({cut['percent']:.2f}%)", file=stream)
     print(

@@ -19,6 +19,7 @@ from distgnn.partition import layout as plan
 from distgnn.partition import shards
 from distgnn.partition.metis import (
     MetisOptions, choose_library, largest_weight_total, part_kway, planned_coarsen_to,
+    planned_initial_tries,
 )
 from distgnn.partition.report import PhaseMeter, balance, per_part_totals
 
@@ -229,7 +230,8 @@ def assign(graph: GraphData, config: PartitionConfig, vwgt: np.ndarray, meter: P
         del indptr, indices
         if spilling is not None:
             spilling.finish()
-    facts = {"undirected_cut": metis_cut, **library.to_json(), "coarsen_to": target}
+    facts = {"undirected_cut": metis_cut, **library.to_json(), "coarsen_to": target,
+             "initial_tries": planned_initial_tries(library, options)}
     return plan.fill_empty_parts(part, config.num_parts), facts
 
 
