@@ -361,8 +361,12 @@ def verify_part(folder: str | os.PathLike, info: PartInfo | None = None) -> None
 def _read_table(path: Path) -> pa.Table:
     # Memory-mapped reads skip a copy through read() buffers: 22% less CPU reading the
     # four parts of the 2M-node graph. Shard files are never rewritten in place.
+    # ParquetFile.read decodes each column of our one row group into one array, so
+    # to_numpy is a view; pq.read_table splits it into 128k-row chunks that to_numpy
+    # and combine_chunks copy again: materialising a part of the 2M-node graph peaked
+    # at 904 MB that way, 738 MB this way.
     try:
-        return pq.read_table(path, memory_map=True)
+        return pq.ParquetFile(path, memory_map=True).read()
     except (OSError, pa.ArrowException) as err:
         raise ShardError(f"{path}: unreadable Parquet: {err}") from None
 
