@@ -185,8 +185,8 @@ def print_table(name: str, num_parts: int, ours: dict, theirs: dict) -> None:
         r = f"{a / b:>10.2f}" if ratio and b else f"{'':>10}"
         print(f"{label:24}{fmt.format(a):>14}{fmt.format(b):>14}{r}")
 
-    row("wall seconds", ours["seconds"], theirs["seconds"], "{:.1f}")
-    row("CPU seconds", ours["cpu_seconds"], theirs["cpu_seconds"], "{:.1f}")
+    row("wall seconds", ours["seconds"], theirs["seconds"], "{:.2f}")
+    row("CPU seconds", ours["cpu_seconds"], theirs["cpu_seconds"], "{:.2f}")
     row("peak RSS GiB", ours["peak_rss_bytes"] / gib, theirs["peak_rss_bytes"] / gib, "{:.2f}")
     row("edge cut", ours["cut"], theirs["cut"], "{:d}")
     row("edge cut %", ours["cut_percent"], theirs["cut_percent"], "{:.2f}")
@@ -201,12 +201,12 @@ def print_table(name: str, num_parts: int, ours: dict, theirs: dict) -> None:
     cpu_speedup = theirs["cpu_seconds"] / ours["cpu_seconds"] if ours["cpu_seconds"] else float("inf")
     print(f"speed-up (DGL / distgnn): wall {speedup:.2f}x, CPU {cpu_speedup:.2f}x")
     print(
-        f"distgnn: METIS {metis:.1f}s = {100 * metis / ours['seconds']:.0f}% of the run; "
-        f"everything else {rest:.1f}s = {100 * rest / metis if metis else float('nan'):.0f}% of METIS "
-        f"(materialise {ours['materialize_seconds']:.1f}s)"
+        f"distgnn: METIS {metis:.2f}s = {100 * metis / ours['seconds']:.0f}% of the run; "
+        f"everything else {rest:.2f}s = {100 * rest / metis if metis else float('nan'):.0f}% of METIS "
+        f"(materialise {ours['materialize_seconds']:.2f}s)"
     )
     print("distgnn phases (seconds, peak RSS GiB): " + ", ".join(
-        f"{k} {sec:.1f}s {peak / gib:.2f}" for k, (sec, peak) in ours["phases"].items() if k != "load"))
+        f"{k} {sec:.2f}s {peak / gib:.2f}" for k, (sec, peak) in ours["phases"].items() if k != "load"))
 
 
 def main(argv=None) -> int:
