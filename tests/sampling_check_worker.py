@@ -28,6 +28,7 @@ def main() -> int:
     from distgnn.graph import load_graph
     from distgnn.trainer.cluster import check_inputs, connect, split_nodes
     from distgnn.trainer.config import TrainConfig, parse_fanouts
+    from distgnn.trainer import local_sampling
     from distgnn.trainer.features import build_cache
     from distgnn.trainer.sampling import PartLocality, make_loader
 
@@ -42,6 +43,11 @@ def main() -> int:
     edge_keys = np.sort(graph.src * n + graph.dst)
     orig_of = g.ndata["orig_id"]
     locality = PartLocality(g)
+    # The trainer's own sampling path (graph servers install it for the requests they serve).
+    if not local_sampling.install(g.local_partition, g.get_partition_book()):
+        print("MISMATCH the part graph is not in distgnn's layout", flush=True)
+        return 1
+    edge_src, edge_dst = _edges_by_id(args.shards)
     # A small remote-feature cache (1 MiB: ~500 PubMed rows), checked like the fetch itself.
     cache = build_cache(g, g.ndata["feat"], 2**20, facts.feat_dim, (locality.lo, locality.hi))
 
@@ -58,6 +64,11 @@ def main() -> int:
             missing = np.nonzero(edge_keys[pos] != keys)[0]
             if len(missing):
                 print(f"MISMATCH sampled edge {u[missing[0]]}->{v[missing[0]]} is not in the input graph", flush=True)
+                return 1
+            eid = block.edata[dgl.EID].numpy()
+            if not (np.array_equal(edge_src[eid], block.srcdata[dgl.NID][src].numpy())
+                    and np.array_equal(edge_dst[eid], block.dstdata[dgl.NID][dst].numpy())):
+                print("MISMATCH a sampled edge id names another edge in the shards", flush=True)
                 return 1
             checked_edges += len(keys)
         orig = orig_of[input_nodes].numpy()
@@ -79,6 +90,20 @@ def main() -> int:
     print(f"CHECKED rank={cluster.rank} edges={checked_edges} nodes={checked_nodes} remote_nodes={remote_nodes} "
           f"cached={cache.size} cache_hits={cache_hits}", flush=True)
     return 0
+
+
+def _edges_by_id(root: str) -> tuple[np.ndarray, np.ndarray]:
+    """(src, dst) of every edge by its global id, in renumbered node ids, from the shards."""
+    from distgnn.partition import shards
+
+    manifest = shards.read_manifest(root)
+    src = np.full(manifest.num_edges, -1, dtype=np.int64)
+    dst = np.full(manifest.num_edges, -1, dtype=np.int64)
+    for p in range(manifest.num_parts):
+        edges = shards.read_part(shards.part_dir(root, p)).edges
+        inner = np.asarray(edges.inner, dtype=bool)
+        src[edges.eid[inner]], dst[edges.eid[inner]] = edges.src[inner], edges.dst[inner]
+    return src, dst
 
 
 if __name__ == "__main__":

@@ -177,8 +177,9 @@ def test_two_hosts_two_trainers_each_pubmed(tmp_path, pubmed2, emu):
 @pytest.mark.netns
 def test_sampled_blocks_and_features_match_the_input_graph(tmp_path, pubmed2, emu):
     """A checker runs as the trainer on both hosts: every sampled edge exists in the input
-    graph and every feature pulled through DistGraph, or served by the remote-feature
-    cache, equals the input feature."""
+    graph, its edge id names that edge in the shards (sampled by offsets, in the trainer and
+    in the servers), and every feature pulled through DistGraph, or served by the
+    remote-feature cache, equals the input feature."""
     hosts, _ = emu_hosts(tmp_path, emu)
     ws = tmp_path / "ws"
     argv = launch(hosts, pubmed2, ws, *ssh_flags(emu), "--trainer-module", "sampling_check_worker",

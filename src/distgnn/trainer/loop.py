@@ -17,6 +17,7 @@ import torch.distributed as dist
 
 from distgnn.metrics import PHASES as METRIC_PHASES
 from distgnn.trainer import checkpoint as ckpt
+from distgnn.trainer import local_sampling
 from distgnn.trainer import step as steps
 from distgnn.trainer.cluster import Cluster, GraphFacts, split_nodes
 from distgnn.trainer.config import TrainConfig
@@ -70,6 +71,9 @@ class Trainer:
         self.optimizer = steps.make_optimizer(self.model, self.cfg.lr, self.cfg.weight_decay, self.cfg.optimizer)
         self.scaler = steps.make_grad_scaler(self.precision, c.device)
         self.locality = PartLocality(c.g)
+        if not local_sampling.install(c.g.local_partition, c.g.get_partition_book()):
+            self.log.message("part-local sampling: DGL's own id translation (the part graph is not in "
+                             "distgnn's layout, or DGL's sampling internals differ from 2.1's)")
         self.train_nids = split_nodes(c.g, "train_mask")
         self.val_nids = split_nodes(c.g, "val_mask")
         self.test_nids = split_nodes(c.g, "test_mask")

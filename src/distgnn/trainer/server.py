@@ -108,6 +108,7 @@ def serve(cfg: ServerConfig, part_config: Path, host: str) -> None:
 
     from distgnn import metrics
     from distgnn.ip_config import dgl_readable
+    from distgnn.trainer import local_sampling
 
     sink = metrics.server_metrics(
         cfg.metrics_port, cfg.metrics_addr, job=cfg.job_id, host=host, rank=cfg.dgl_server_id,
@@ -123,6 +124,10 @@ def serve(cfg: ServerConfig, part_config: Path, host: str) -> None:
         graph_format=["csc"],
     )
     halo = int((server.client_g.ndata["inner_node"] == 0).sum()) if server.client_g is not None else 0
+    # Other hosts' sampling requests for this part run here; backup servers hold no graph.
+    if server.client_g is not None and not local_sampling.install(server.client_g, server.gpb):
+        print(f"distgnn-server: part {cfg.part}: sampling with DGL's own id translation (the part graph is not "
+              "in distgnn's layout, or DGL's sampling internals differ from 2.1's)", flush=True)
     sink.partition(halo_nodes=halo, **_partition_size(part_config, cfg.part))
     sink.set_up(True)
     try:
