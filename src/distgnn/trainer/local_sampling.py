@@ -67,10 +67,12 @@ def contiguous_layout(local_g, node_range: tuple[int, int]) -> PartLayout | None
         return None
     if not torch.equal(nid[:n_inner], torch.arange(lo, hi, dtype=nid.dtype)):
         return None
-    # Through in-edges, not edges(): a server's part graph holds only the CSC format.
-    inner_ids = torch.arange(n_inner, dtype=local_g.idtype)
-    into_inner = local_g.in_edges(inner_ids, form="eid")
-    n_edges = int(into_inner.numel())
+    # The CSC arrays a server's part graph holds (read in place: 6 ms on the 2M-node graph's
+    # part, where in_edges() builds a copy in 210 ms). The in-edges of the inner nodes are the
+    # first indptr[n_inner] entries; an empty eids array means edge ids in CSC order.
+    indptr, _indices, csc_eids = local_g.adj_tensors("csc")
+    n_edges = int(indptr[n_inner])
+    into_inner = csc_eids[:n_edges] if csc_eids.numel() else torch.arange(n_edges)
     if n_edges and int(into_inner.max()) >= n_edges:  # n_edges distinct ids below n_edges: all of them
         return None
     eid = local_g.edata[dgl.EID]
@@ -92,10 +94,13 @@ def install(local_g, partition_book) -> bool:
     original = _dgl_sample or current
     if original is None or tuple(inspect.signature(original).parameters) != _EXPECTED_PARAMS:
         return False
-    own = partition_book.partid2nids(partition_book.partid)
-    if own.numel() == 0:
+    from distgnn.trainer.sampling import own_node_range
+
+    try:
+        node_range = own_node_range(partition_book)
+    except ValueError:
         return False
-    layout = contiguous_layout(local_g, (int(own[0]), int(own[-1]) + 1))
+    layout = contiguous_layout(local_g, node_range)
     if layout is None:
         return False
     _dgl_sample, _installed = original, layout

@@ -41,6 +41,16 @@ def blocks_to_layers(blocks) -> list[LayerGraph]:
     return layers
 
 
+def own_node_range(pb) -> tuple[int, int]:
+    """[start, end) of the node ids a partition book's own part holds ((0, 0) when none);
+    ValueError when they are not one contiguous range (every distgnn shard's are)."""
+    own = pb.partid2nids(pb.partid)
+    lo, hi = (int(own[0]), int(own[-1]) + 1) if len(own) else (0, 0)
+    if hi - lo != len(own):
+        raise ValueError(f"part {pb.partid} does not own one contiguous node range")
+    return lo, hi
+
+
 class PartLocality:
     """Answers 'how many of these nodes live on another host' to count remote feature bytes.
 
@@ -49,11 +59,7 @@ class PartLocality:
     """
 
     def __init__(self, g) -> None:
-        pb = g.get_partition_book()
-        own = pb.partid2nids(pb.partid)
-        self.lo, self.hi = (int(own[0]), int(own[-1]) + 1) if len(own) else (0, 0)
-        if self.hi - self.lo != len(own):
-            raise ValueError(f"part {pb.partid} does not own one contiguous node range")
+        self.lo, self.hi = own_node_range(g.get_partition_book())
 
     def remote_count(self, nodes: torch.Tensor) -> int:
         local = int(((nodes >= self.lo) & (nodes < self.hi)).sum())
