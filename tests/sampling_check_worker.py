@@ -23,8 +23,6 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=256)
     args, _ = p.parse_known_args()
 
-    import dgl
-
     from distgnn.graph import load_graph
     from distgnn.trainer.cluster import check_inputs, connect, split_nodes
     from distgnn.trainer.config import TrainConfig, parse_fanouts
@@ -54,20 +52,20 @@ def main() -> int:
     seeds = torch.cat([split_nodes(g, "train_mask"), split_nodes(g, "val_mask"), split_nodes(g, "test_mask")])
     loader = make_loader(g, seeds, cfg.fanouts, cfg.batch_size, shuffle=True)
     checked_edges = remote_nodes = checked_nodes = cache_hits = 0
-    for input_nodes, _seeds, blocks in loader:
-        for block in blocks:
-            src, dst = block.edges()
-            u = orig_of[block.srcdata[dgl.NID][src]].numpy()
-            v = orig_of[block.dstdata[dgl.NID][dst]].numpy()
+    for input_nodes, _seeds, sampled in loader:
+        for layer in sampled:
+            src_ids = layer.src_nodes[layer.graph.src]
+            dst_ids = layer.dst_nodes[layer.graph.dst]
+            u = orig_of[src_ids].numpy()
+            v = orig_of[dst_ids].numpy()
             keys = u * n + v
             pos = np.searchsorted(edge_keys, keys).clip(max=len(edge_keys) - 1)
             missing = np.nonzero(edge_keys[pos] != keys)[0]
             if len(missing):
                 print(f"MISMATCH sampled edge {u[missing[0]]}->{v[missing[0]]} is not in the input graph", flush=True)
                 return 1
-            eid = block.edata[dgl.EID].numpy()
-            if not (np.array_equal(edge_src[eid], block.srcdata[dgl.NID][src].numpy())
-                    and np.array_equal(edge_dst[eid], block.dstdata[dgl.NID][dst].numpy())):
+            eid = layer.eids.numpy()
+            if not (np.array_equal(edge_src[eid], src_ids.numpy()) and np.array_equal(edge_dst[eid], dst_ids.numpy())):
                 print("MISMATCH a sampled edge id names another edge in the shards", flush=True)
                 return 1
             checked_edges += len(keys)

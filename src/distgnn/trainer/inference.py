@@ -16,7 +16,7 @@ import torch.distributed as dist
 from distgnn import predictions
 from distgnn.trainer.cluster import Cluster
 from distgnn.trainer.model import GraphSAGE
-from distgnn.trainer.sampling import blocks_to_layers
+from distgnn.trainer.sampling import make_loader
 
 
 def _my_nodes(g) -> torch.Tensor:
@@ -34,7 +34,6 @@ def layerwise_inference(cluster: Cluster, model: GraphSAGE, *, batch_size: int, 
     g = cluster.g
     model.eval()
     nodes = _my_nodes(g)
-    sampler = dgl.dataloading.MultiLayerFullNeighborSampler(1)
     h_in = g.ndata["feat"]
     outputs = []
     for i in range(model.num_layers):
@@ -42,9 +41,10 @@ def layerwise_inference(cluster: Cluster, model: GraphSAGE, *, batch_size: int, 
         h_out = dgl.distributed.DistTensor(
             (g.num_nodes(), out_dim), torch.float32, name=f"{job_id}_infer_{i}", persistent=False
         )
-        loader = dgl.dataloading.DistNodeDataLoader(g, nodes, sampler, batch_size=batch_size, shuffle=False)
-        for input_nodes, seeds, blocks in loader:
-            layer = blocks_to_layers(blocks)[0].to(cluster.device)
+        # fanout -1: every in-neighbour, one layer at a time.
+        loader = make_loader(g, nodes, (-1,), batch_size, shuffle=False)
+        for input_nodes, seeds, sampled in loader:
+            layer = sampled[0].graph.to(cluster.device)
             h = h_in[input_nodes].to(cluster.device)
             h_out[seeds] = model.forward_layer(i, layer, h).float().cpu()
         # Every rank must have written its nodes before anyone reads them as the next layer's input.

@@ -16,6 +16,7 @@ import torch
 
 from distgnn.trainer.features import FeatureCache
 from distgnn.trainer.model import LayerGraph
+from distgnn.trainer.relabel import MAX_TABLE_NODES, NodeRelabeler
 
 
 @dataclass
@@ -31,14 +32,64 @@ class Batch:
     """Seconds spent in 'sample' and 'fetch' for this batch."""
 
 
-def blocks_to_layers(blocks) -> list[LayerGraph]:
-    layers = []
-    for block in blocks:
-        src, dst = block.edges()
-        layer = LayerGraph(src=src, dst=dst, num_src=block.num_src_nodes(), num_dst=block.num_dst_nodes())
-        # Built here, on the sampling thread, so the train step finds it ready.
-        layers.append(layer.with_mean_matrix())
-    return layers
+@dataclass(frozen=True, eq=False)
+class SampledLayer:
+    """One sampled block: the model's `LayerGraph` plus the global ids a block carries."""
+
+    graph: LayerGraph
+    """Local edge ids, with the mean-aggregation matrix already built."""
+    src_nodes: torch.Tensor
+    """int64[num_src]: global id of each local source node (the first num_dst are the seeds)."""
+    eids: torch.Tensor
+    """int64[E]: global id of each edge."""
+
+    @property
+    def dst_nodes(self) -> torch.Tensor:
+        return self.src_nodes[: self.graph.num_dst]
+
+
+def _layer(nodes, local_src, local_dst, num_dst: int, eids) -> SampledLayer:
+    graph = LayerGraph(src=local_src, dst=local_dst, num_src=int(nodes.numel()), num_dst=num_dst)
+    # Built here, on the sampling thread, so the train step finds it ready.
+    return SampledLayer(graph=graph.with_mean_matrix(), src_nodes=nodes, eids=eids)
+
+
+class LayerSampler:
+    """Multi-layer neighbour sampling for `DistNodeDataLoader`, handing out `SampledLayer`s.
+
+    DGL's NeighborSampler samples each layer with `g.sample_neighbors` and then renumbers it
+    with `to_block` into a DGL block, which the model cannot use as it is. This sampler makes
+    the same calls to `sample_neighbors` (the graph servers and part-local sampling are
+    unchanged) and renumbers with a `NodeRelabeler` straight into the model's tensors, in the
+    same node order as `to_block`. fanout -1 takes every in-neighbour.
+    """
+
+    def __init__(self, fanouts: tuple[int, ...], num_nodes: int) -> None:
+        self.fanouts = tuple(int(f) for f in fanouts)
+        self.relabeler = NodeRelabeler(num_nodes) if num_nodes <= MAX_TABLE_NODES else None
+
+    def sample_blocks(self, g, seed_nodes: torch.Tensor, exclude_eids=None):
+        import dgl
+
+        if exclude_eids is not None:
+            raise ValueError("LayerSampler does not exclude edges")
+        output_nodes = seed_nodes
+        layers: list[SampledLayer] = []
+        for fanout in reversed(self.fanouts):
+            frontier = g.sample_neighbors(seed_nodes, fanout)
+            eids = frontier.edata[dgl.EID]
+            if self.relabeler is None:
+                block = dgl.to_block(frontier, seed_nodes)
+                local_src, local_dst = block.edges()
+                nodes = block.srcdata[dgl.NID]
+            else:
+                src, dst = frontier.edges()
+                nodes, local_src, local_dst = (
+                    torch.from_numpy(a) for a in self.relabeler.relabel(seed_nodes.numpy(), src.numpy(), dst.numpy())
+                )
+            layers.insert(0, _layer(nodes, local_src, local_dst, int(seed_nodes.numel()), eids))
+            seed_nodes = nodes
+        return seed_nodes, output_nodes, layers
 
 
 def own_node_range(pb) -> tuple[int, int]:
@@ -66,18 +117,14 @@ class PartLocality:
         return int(nodes.numel()) - local
 
 
-def make_sampler(fanouts: tuple[int, ...]):
-    import dgl
-
-    # DGL's NeighborSampler takes fanouts from the input layer outwards, as our --fanouts does.
-    return dgl.dataloading.NeighborSampler(list(fanouts))
-
-
 def make_loader(g, nids: torch.Tensor, fanouts: tuple[int, ...], batch_size: int, *, shuffle: bool):
+    """DGL's DistNodeDataLoader over `nids`, yielding (input nodes, seeds, [SampledLayer]).
+
+    fanouts run from the input layer outwards, as DGL's NeighborSampler takes them."""
     import dgl
 
     return dgl.dataloading.DistNodeDataLoader(
-        g, nids, make_sampler(fanouts), batch_size=batch_size, shuffle=shuffle, drop_last=False
+        g, nids, LayerSampler(fanouts, int(g.num_nodes())), batch_size=batch_size, shuffle=shuffle, drop_last=False
     )
 
 
@@ -149,7 +196,7 @@ def iterate_batches(g, loader, locality: PartLocality, *, feat_bytes_per_node: i
     while True:
         t0 = time.perf_counter()
         try:
-            input_nodes, seeds, blocks = next(it)
+            input_nodes, seeds, sampled = next(it)
         except StopIteration:
             return
         t1 = time.perf_counter()
@@ -157,11 +204,11 @@ def iterate_batches(g, loader, locality: PartLocality, *, feat_bytes_per_node: i
         y = label[seeds].long()
         t2 = time.perf_counter()
         yield Batch(
-            layers=blocks_to_layers(blocks),
+            layers=[layer.graph for layer in sampled],
             x=x,
             y=y,
             seeds=seeds,
-            sampled_edges=sum(int(b.num_edges()) for b in blocks),
+            sampled_edges=sum(layer.graph.num_edges for layer in sampled),
             remote_bytes=(locality.remote_count(input_nodes) - hits) * feat_bytes_per_node,
             timings={"sample": t1 - t0, "fetch": t2 - t1},
         )
