@@ -52,7 +52,12 @@ def main() -> int:
     seeds = torch.cat([split_nodes(g, "train_mask"), split_nodes(g, "val_mask"), split_nodes(g, "test_mask")])
     loader = make_loader(g, seeds, cfg.fanouts, cfg.batch_size, shuffle=True)
     checked_edges = remote_nodes = checked_nodes = cache_hits = 0
-    for input_nodes, _seeds, sampled in loader:
+    batches = []
+    for input_nodes, batch_seeds, sampled in loader:
+        batches.append(batch_seeds)
+        if not torch.equal(sampled[-1].dst_nodes, batch_seeds) or not torch.equal(sampled[0].src_nodes, input_nodes):
+            print("MISMATCH the sampled layers do not run from the input nodes to the batch's seeds", flush=True)
+            return 1
         for layer in sampled:
             src_ids = layer.src_nodes[layer.graph.src]
             dst_ids = layer.dst_nodes[layer.graph.dst]
@@ -85,6 +90,9 @@ def main() -> int:
         cache_hits += hits
         checked_nodes += len(orig)
         remote_nodes += locality.remote_count(input_nodes)
+    if not torch.equal(torch.sort(torch.cat(batches)).values, torch.sort(seeds).values):
+        print("MISMATCH an epoch's batches do not hold every seed exactly once", flush=True)
+        return 1
     print(f"CHECKED rank={cluster.rank} edges={checked_edges} nodes={checked_nodes} remote_nodes={remote_nodes} "
           f"cached={cache.size} cache_hits={cache_hits}", flush=True)
     return 0
