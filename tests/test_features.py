@@ -55,7 +55,7 @@ def test_fill_pulls_in_chunks(monkeypatch):
     monkeypatch.setattr(features, "FILL_CHUNK", 2)
     table, sizes = _table(), []
     cache = FeatureCache.fill(torch.tensor([1, 2, 3, 4, 5]), 50, 4, lambda ids: sizes.append(len(ids)) or table[ids])
-    assert sizes == [2, 2, 1] and torch.equal(cache.rows, table[[1, 2, 3, 4, 5]])
+    assert sizes == [2, 2, 1] and torch.equal(cache.rows[: cache.size], table[[1, 2, 3, 4, 5]])
 
 
 def test_own_rows_are_read_in_place_and_only_uncached_remote_rows_are_fetched():
@@ -90,3 +90,29 @@ def test_the_budget_holds_the_slot_table_before_any_row():
     assert rows_within(4 * 100 + 16 * 3, num_nodes=100, feat_dim=4) == 3  # 16-byte rows
     assert rows_within(4 * 100 + 15, num_nodes=100, feat_dim=4) == 0
     assert rows_within(100, num_nodes=100, feat_dim=4) == 0  # the table alone does not fit
+
+
+def test_fetched_remote_rows_are_kept_while_there_is_room():
+    table = _table()
+    asked: list[list[int]] = []
+
+    def fetch(ids: torch.Tensor) -> torch.Tensor:
+        asked.append(ids.tolist())
+        return table[ids]
+
+    # Room for 4 rows: 7 from the start, then the first fetched rows until it is full.
+    cache = FeatureCache.fill(torch.tensor([7]), 50, 4, fetch, capacity=4).with_local_rows(table[20:30].clone(), 20)
+    assert (cache.size, cache.capacity, cache.nbytes) == (1, 4, 16 + 50 * 4)
+    asked.clear()
+    x, hits = cache.gather(torch.tensor([0, 21, 9, 7, 12, 40]), fetch)
+    assert torch.equal(x, table[[0, 21, 9, 7, 12, 40]]) and hits == 1
+    assert asked == [[0, 9, 12, 40]] and cache.size == 4  # 0, 9, 12 kept; no room for 40
+    asked.clear()
+    x, hits = cache.gather(torch.tensor([40, 12, 0, 9, 25]), fetch)
+    assert torch.equal(x, table[[40, 12, 0, 9, 25]]) and hits == 3 and asked == [[40]]
+    assert cache.size == 4
+
+
+def test_fill_refuses_more_ids_than_room():
+    with pytest.raises(ValueError, match="cannot hold"):
+        FeatureCache.fill(torch.tensor([1, 2, 3]), 10, 4, lambda ids: _table(10)[ids], capacity=2)

@@ -48,30 +48,40 @@ def hottest_halo(inner: torch.Tensor, global_id: torch.Tensor, into_part: torch.
 
 @dataclass
 class FeatureCache:
-    """Rows of some remote nodes, looked up by global id through a dense slot table."""
+    """Rows of some remote nodes, looked up by global id through a dense slot table.
+
+    Filled at start-up with the hottest halo nodes; while it has room left, every remote row a
+    batch still has to fetch is kept too (the features never change during training), so after
+    the first epoch the nodes two hops out are served from memory as well. The room is
+    reserved with torch.empty: pages the cache never writes cost no memory.
+    """
 
     slot: torch.Tensor
     """int32 [num_nodes]: row of each global id in `rows`, -1 when not cached (4 bytes a node)."""
     rows: torch.Tensor
-    """[cached, feat_dim] features."""
+    """[capacity, feat_dim]: the first `size` rows hold features, the rest is room."""
+    size: int = 0
+    """Rows in use."""
     local_rows: torch.Tensor | None = None
     """This part's own rows, row i being node local_start + i: the local graph server's
     shared-memory tensor, read in place. None: every uncached row goes through `fetch`."""
     local_start: int = 0
 
     @classmethod
-    def empty(cls, num_nodes: int, feat_dim: int, dtype: torch.dtype = torch.float32) -> FeatureCache:
-        return cls(torch.full((num_nodes,), -1, dtype=torch.int32), torch.empty((0, feat_dim), dtype=dtype))
+    def empty(cls, num_nodes: int, feat_dim: int, capacity: int = 0, dtype: torch.dtype = torch.float32) -> FeatureCache:
+        return cls(torch.full((num_nodes,), -1, dtype=torch.int32), torch.empty((capacity, feat_dim), dtype=dtype))
 
     @classmethod
     def fill(cls, ids: torch.Tensor, num_nodes: int, feat_dim: int,
-             fetch: Callable[[torch.Tensor], torch.Tensor]) -> FeatureCache:
-        cache = cls.empty(num_nodes, feat_dim)
-        if ids.numel() == 0:
-            return cache
-        chunks = [fetch(ids[i : i + FILL_CHUNK]) for i in range(0, ids.numel(), FILL_CHUNK)]
-        cache.rows = torch.cat(chunks).contiguous()
-        cache.slot[ids] = torch.arange(ids.numel(), dtype=torch.int32)
+             fetch: Callable[[torch.Tensor], torch.Tensor], capacity: int | None = None) -> FeatureCache:
+        """A cache holding the rows of `ids` (pulled FILL_CHUNK at a time), with room for
+        `capacity` rows in all (default: just these)."""
+        capacity = int(ids.numel()) if capacity is None else int(capacity)
+        if capacity < ids.numel():
+            raise ValueError(f"a cache of {capacity} rows cannot hold {ids.numel()}")
+        cache = cls.empty(num_nodes, feat_dim, capacity)
+        for i in range(0, ids.numel(), FILL_CHUNK):
+            cache.admit(ids[i : i + FILL_CHUNK], fetch(ids[i : i + FILL_CHUNK]))
         return cache
 
     def with_local_rows(self, rows: torch.Tensor, start: int) -> FeatureCache:
@@ -79,20 +89,31 @@ class FeatureCache:
             raise ValueError(
                 f"local rows of shape {tuple(rows.shape)} do not match cached rows {tuple(self.rows.shape)}"
             )
-        return FeatureCache(self.slot, self.rows, rows, int(start))
+        return FeatureCache(self.slot, self.rows, self.size, rows, int(start))
 
     @property
-    def size(self) -> int:
+    def capacity(self) -> int:
         return int(self.rows.shape[0])
 
     @property
     def nbytes(self) -> int:
-        return self.rows.numel() * self.rows.element_size() + self.slot.numel() * 4
+        """Memory in use: the filled rows and the slot table."""
+        return self.size * self.rows.shape[1] * self.rows.element_size() + self.slot.numel() * 4
+
+    def admit(self, ids: torch.Tensor, rows: torch.Tensor) -> int:
+        """Keep the rows of `ids` (not cached yet) while there is room; returns how many were kept."""
+        kept = min(self.capacity - self.size, int(ids.numel()))
+        if kept <= 0:
+            return 0
+        self.rows[self.size : self.size + kept] = rows[:kept]
+        self.slot[ids[:kept]] = torch.arange(self.size, self.size + kept, dtype=torch.int32)
+        self.size += kept
+        return kept
 
     def gather(self, nodes: torch.Tensor, fetch: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, int]:
         """Features of `nodes` (own and cached rows from memory, the rest through `fetch`); and
         the number of cached rows used."""
-        if self.size == 0:
+        if self.capacity == 0:
             return fetch(nodes), 0
         ids = nodes.numpy()
         if self.local_rows is not None:
@@ -115,7 +136,11 @@ class FeatureCache:
             x.index_copy_(0, torch.from_numpy(pending[hit]), cached)
         missed = torch.from_numpy(pending[~hit])
         if missed.numel():
-            x.index_copy_(0, missed, fetch(nodes[missed]).to(x.dtype))
+            # A batch's input nodes are distinct, so each fetched row is admitted once.
+            ids = nodes[missed]
+            fetched = fetch(ids).to(x.dtype)
+            x.index_copy_(0, missed, fetched)
+            self.admit(ids, fetched)
         return x, hits
 
 
@@ -141,7 +166,7 @@ def build_cache(g, feat, budget_bytes: int, feat_dim: int, own: tuple[int, int])
     inner = local.ndata["inner_node"].bool()
     into = torch.bincount(src[inner[dst]], minlength=local.num_nodes())
     ids = hottest_halo(inner, local.ndata[dgl.NID], into, limit)
-    cache = FeatureCache.fill(ids, num_nodes, feat_dim, lambda chunk: feat[chunk])
+    cache = FeatureCache.fill(ids, num_nodes, feat_dim, lambda chunk: feat[chunk], capacity=limit)
     # The part's own rows, in place: DGL's kvstore keeps them in shared memory ordered by
     # global id from the start of the part's range.
     rows = feat.local_partition

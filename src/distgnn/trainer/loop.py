@@ -105,7 +105,8 @@ class Trainer:
             self.log.message(f"feature cache off: {why}")
             return None
         self.log.message(f"feature cache: {cache.size} remote nodes' rows, {cache.nbytes / 2**20:.0f} MiB, "
-                         f"filled in {time.perf_counter() - t0:.1f} s")
+                         f"filled in {time.perf_counter() - t0:.1f} s; room for {cache.capacity - cache.size} "
+                         f"more rows, kept as batches fetch them")
         return cache
 
     # -- checkpoints -------------------------------------------------------------------------
