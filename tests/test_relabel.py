@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from distgnn.trainer.relabel import NodeRelabeler
-from distgnn.trainer.sampling import LayerSampler
+from distgnn.trainer.sampling import LayerSampler, make_loader
 
 
 @pytest.fixture
@@ -117,3 +117,18 @@ def test_layer_sampler_gives_dgl_neighbor_samplers_blocks(fanouts, dense_table, 
         assert torch.equal(layer.dst_nodes, block.dstdata[dgl.NID])
         assert torch.equal(layer.eids, block.edata[dgl.EID])
         assert layer.graph.adj is not None, "the mean matrix is built on the sampling side"
+
+
+def test_loader_yields_every_seed_once_from_its_own_copy_of_the_ids():
+    """DGL's loader reads the seed ids from a NumPy array the loader owns: with sampler
+    processes DGL moves the id tensor's memory into shared memory while pickling it, so a
+    view of that tensor could read freed memory."""
+    g = random_graph()
+    nids = torch.randperm(g.num_nodes(), generator=torch.Generator().manual_seed(3))[:250]
+    loader = make_loader(g, nids, (2, 3), 64, shuffle=True)
+    assert isinstance(loader.dataset, np.ndarray) and not np.shares_memory(loader.dataset, nids.numpy())
+    seen = []
+    for input_nodes, seeds, layers in loader:
+        assert torch.equal(layers[-1].dst_nodes, seeds) and torch.equal(layers[0].src_nodes, input_nodes)
+        seen.append(seeds)
+    assert torch.equal(torch.sort(torch.cat(seen)).values, torch.sort(nids).values)
