@@ -21,21 +21,27 @@ def _table(n: int = 50, d: int = 4) -> torch.Tensor:
     return torch.arange(n * d, dtype=torch.float32).reshape(n, d)
 
 
-def test_cache_serves_exact_rows_and_fetches_only_the_misses():
-    table = _table()
-    asked: list[torch.Tensor] = []
+def _recording_fetch(table: torch.Tensor):
+    """A fetch from `table`, and the list of the id lists it was asked for."""
+    asked: list[list[int]] = []
 
     def fetch(ids: torch.Tensor) -> torch.Tensor:
-        asked.append(ids.clone())
+        asked.append(ids.tolist())
         return table[ids]
 
+    return fetch, asked
+
+
+def test_cache_serves_exact_rows_and_fetches_only_the_misses():
+    table = _table()
+    fetch, asked = _recording_fetch(table)
     cache = FeatureCache.fill(torch.tensor([7, 3, 41]), num_nodes=50, feat_dim=4, fetch=fetch)
     assert cache.size == 3 and cache.nbytes == 3 * 4 * 4 + 50 * 4
     asked.clear()
     nodes = torch.tensor([3, 0, 41, 41, 9, 7])
     x, hits = cache.gather(nodes, fetch)
     assert torch.equal(x, table[nodes]) and hits == 4
-    assert [a.tolist() for a in asked] == [[0, 9]]  # one fetch, for the uncached nodes only
+    assert asked == [[0, 9]]  # one fetch, for the uncached nodes only
     asked.clear()
     x, hits = cache.gather(torch.tensor([3, 7]), fetch)
     assert torch.equal(x, table[[3, 7]]) and hits == 2 and asked == []
@@ -60,12 +66,7 @@ def test_fill_pulls_in_chunks(monkeypatch):
 
 def test_own_rows_are_read_in_place_and_only_uncached_remote_rows_are_fetched():
     table = _table()
-    asked: list[list[int]] = []
-
-    def fetch(ids: torch.Tensor) -> torch.Tensor:
-        asked.append(ids.tolist())
-        return table[ids]
-
+    fetch, asked = _recording_fetch(table)
     # This part owns nodes 20..29; 3 and 41 are cached remote nodes.
     cache = FeatureCache.fill(torch.tensor([3, 41]), 50, 4, fetch).with_local_rows(table[20:30].clone(), 20)
     asked.clear()
@@ -94,12 +95,7 @@ def test_the_budget_holds_the_slot_table_before_any_row():
 
 def test_fetched_remote_rows_are_kept_while_there_is_room():
     table = _table()
-    asked: list[list[int]] = []
-
-    def fetch(ids: torch.Tensor) -> torch.Tensor:
-        asked.append(ids.tolist())
-        return table[ids]
-
+    fetch, asked = _recording_fetch(table)
     # Room for 4 rows: 7 from the start, then the first fetched rows until it is full.
     cache = FeatureCache.fill(torch.tensor([7]), 50, 4, fetch, capacity=4).with_local_rows(table[20:30].clone(), 20)
     assert (cache.size, cache.capacity, cache.nbytes) == (1, 4, 16 + 50 * 4)
