@@ -294,3 +294,41 @@ def test_sigterm_to_launch_leaves_nothing_on_any_host(tmp_path, synthetic2, emu)
         bind = f"import socket; socket.socket().bind(({host.address!r}, {port})); print('free')"
         check = emu.run(i, ["python3", "-c", bind], timeout=30)
         assert "free" in str(check.stdout), f"server port {port} still held on {host.address}: {check}"
+
+
+def test_a_killed_sampler_process_fails_its_trainer_at_once(tmp_path, pubmed1):
+    """DGL's loader waits 30 minutes for a batch from a dead sampler process; the trainer must
+    fail within seconds, naming the sampler, and the launcher stop the rest (OOM kills do this)."""
+    import signal
+    import time
+
+    import psutil
+
+    hosts, port = local_hosts(tmp_path)
+    ws = tmp_path / "ws"
+    argv = launch(hosts, pubmed1, ws, "--samplers", "1", "--trainers-per-host", "2",
+                  train=["--batch-size", "8", "--hidden", "16", "--epochs", "1000", "--log-every", "1"])
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    try:
+        run = wait_for(lambda: next(iter((ws / "runs").glob("*")), None) if (ws / "runs").exists() else None,
+                       120, "the run folder")
+        workers = wait_for(lambda: w if len(w := trainer_processes(run)) == 2 else None, 120, "2 trainers")
+        wait_for(lambda: any(runlog.read_rank_log(p).steps for p in (run / "logs").glob("rank-*.jsonl")),
+                 120, "training steps in the run log")
+        (sampler,) = [c for c in workers[1].children() if "spawn_main" in " ".join(c.cmdline())]
+        sampler.send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        _out, err = proc.communicate(timeout=90)
+        stopped_in = time.monotonic() - killed_at
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    assert proc.returncode == 1, err[-3000:]
+    assert stopped_in < 30, f"everything must stop within 30 s of the sampler's death, took {stopped_in:.1f} s"
+    cause = next(line for line in err.splitlines() if line.startswith("root cause:"))
+    assert "trainer" in cause and "global rank 1" in cause, err[-3000:]
+    assert f"train: error: sampler process 1 of 1 (pid {sampler.pid}) was killed by SIGKILL" in err, err[-3000:]
+    assert wait_gone(run) == []
+    assert not any(psutil.pid_exists(c.pid) for w in workers.values() for c in [w]), "trainers left behind"
+    assert port_free("127.0.0.1", port)

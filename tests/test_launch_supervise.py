@@ -36,3 +36,28 @@ def test_a_torchrun_group_whose_worker_was_killed_is_a_cause_even_if_peers_lost_
     assert killed_by_signal(1, group)
     assert not killed_by_signal(1, group[:1] + ["  rank      : 2 (local_rank: 0)", "  exitcode  : 1 (pid: 7)"])
     assert killed_by_signal(None, ["anything"])
+
+
+def test_a_workers_one_line_error_leads_the_report_even_above_a_peers_traceback():
+    """In a one-host torchrun group, the worker that failed prints its one-line error and its
+    peer's lost-connection traceback follows in the same log, past the report's tail."""
+    from pathlib import Path
+
+    from distgnn.launcher.plan import ProcessSpec
+    from distgnn.launcher.supervise import RunResult, failure_of, first_error_line, format_report
+
+    group = ["[rank 0] epoch 0 step 4", "train: error: sampler process 1 of 1 (pid 7) was killed by SIGKILL",
+             "Traceback (most recent call last):", "RuntimeError: [gloo/transport/tcp/pair.cc:534] Connection closed by peer",
+             "train: error: a later line"]
+    assert first_error_line(group) == group[1]
+    assert first_error_line(["distgnn-server: error: x"]) == "distgnn-server: error: x"
+    assert first_error_line(["RuntimeError: error: x", " train: error: indented"]) is None
+    spec = ProcessSpec(host="h", host_index=0, role="trainer", rank=0, argv=[], env={}, log_path=Path("x.log"),
+                       local=True, ports=[])
+    cause = failure_of(spec, 1, group, ended_at=0.0)
+    assert cause.error == group[1]
+    assert not cause.lost_peer, "it explained its own failure; the peer's lost connection came after"
+    assert failure_of(spec, 1, group[2:4], ended_at=0.0).lost_peer
+    report = format_report(RunResult(status="failed", failures=[cause]), "/run").splitlines()
+    assert report[0].startswith("root cause: host h trainer rank 0: exit code 1")
+    assert report[1] == "  " + group[1]

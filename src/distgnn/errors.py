@@ -1,4 +1,4 @@
-"""The error types every distgnn command turns into a one-line message and exit code 2."""
+"""The error types every distgnn command turns into a one-line message (exit code 2 for bad input)."""
 
 
 class InputError(ValueError):
@@ -12,3 +12,11 @@ class InputError(ValueError):
 class ShardError(InputError):
     """A shard folder that is missing, incomplete, of an unknown format or whose
     checksum no longer matches the manifest."""
+
+
+class ProcessLost(RuntimeError):
+    """A process this one depends on has died (a trainer's sampler process, for one).
+
+    Not bad input: the CLI prints the one-line message (`train: error: <message>`) and exits
+    with 1 at once, instead of waiting on a peer that will never answer.
+    """

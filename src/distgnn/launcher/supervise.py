@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TextIO
 
 from distgnn.launcher.monitor import NULL_MONITOR, NullMonitor, RunMonitor
+from distgnn.launcher.plan import ProcessSpec
 from distgnn.launcher.runner import Running
 from distgnn.metrics import parse_announcement
 
@@ -50,6 +51,9 @@ class ProcessFailure:
     """Last lines of its output."""
     worker: str | None = None
     """For a trainer group: torchrun's own root cause (global rank and its exit code), when it printed one."""
+    error: str | None = None
+    """The first one-line error a distgnn command printed (`train: error: ...`), if any: in a
+    trainer group's shared log it can sit far above the tail, under other workers' tracebacks."""
     lost_peer: bool = False
     """Its output says a collective peer went away (Gloo/NCCL connection reset or closed): a
     consequence of another process's failure, never the root cause while there is another."""
@@ -242,28 +246,34 @@ class Supervisor:
                 w.exit_code, w.ended_at = w.proc.popen.returncode, time.time()
 
     def _failure(self, w: _Watched) -> ProcessFailure:
-        spec = w.proc.spec
-        code = w.exit_code
-        sig = None
-        if code is not None and code < 0:
-            sig = signal.Signals(-code).name
-            code = None
-        lines = list(w.tail)
-        trainer = spec.role == "trainer"
-        own = before_torchrun_report(lines) if trainer else lines
-        return ProcessFailure(
-            host=spec.host,
-            host_index=spec.host_index,
-            role=spec.role,
-            rank=spec.rank,
-            exit_code=code,
-            signal=sig,
-            time=w.ended_at or time.time(),
-            log_path=str(spec.log_path),
-            log_tail=own[-TAIL_LINES:],
-            worker=torchrun_root_cause(lines) if trainer else None,
-            lost_peer=not killed_by_signal(code, lines) and lost_a_peer(own),
-        )
+        return failure_of(w.proc.spec, w.exit_code, list(w.tail), w.ended_at or time.time())
+
+
+def failure_of(spec: ProcessSpec, exit_code: int | None, lines: list[str], ended_at: float) -> ProcessFailure:
+    """What a process's exit status (negative: the signal) and its last output lines say of its end."""
+    code, sig = exit_code, None
+    if code is not None and code < 0:
+        sig = signal.Signals(-code).name
+        code = None
+    trainer = spec.role == "trainer"
+    own = before_torchrun_report(lines) if trainer else lines
+    error = first_error_line(lines)
+    return ProcessFailure(
+        host=spec.host,
+        host_index=spec.host_index,
+        role=spec.role,
+        rank=spec.rank,
+        exit_code=code,
+        signal=sig,
+        time=ended_at,
+        log_path=str(spec.log_path),
+        log_tail=own[-TAIL_LINES:],
+        worker=torchrun_root_cause(lines) if trainer else None,
+        error=error,
+        # A process that explained its own failure did not merely lose a peer, even when a
+        # worker beside it in the same torchrun group then did.
+        lost_peer=error is None and not killed_by_signal(code, lines) and lost_a_peer(own),
+    )
 
 
 _PEER_LOSS = re.compile(
@@ -277,6 +287,14 @@ def killed_by_signal(exit_code: int | None, lines: list[str]) -> bool:
     even when the group's other workers then report the lost connection."""
     worker = _torchrun_failed_worker(lines)
     return exit_code is None or (worker is not None and worker[1] < 0)
+
+
+_ERROR_LINE = re.compile(r"^(train|distgnn-server): error: ")
+
+
+def first_error_line(lines: list[str]) -> str | None:
+    """The first `<command>: error: <message>` line of a process's output."""
+    return next((line for line in lines if _ERROR_LINE.match(line)), None)
 
 
 def lost_a_peer(lines: list[str]) -> bool:
@@ -320,7 +338,10 @@ def format_report(result: RunResult, run_dir: str) -> str:
     cause = result.root_cause
     if cause is None:
         return f"run {result.status} ({result.stop_reason}); run folder {run_dir}"
-    lines = [f"root cause: {cause.describe()}", f"last {len(cause.log_tail)} line(s) of {cause.log_path}:"]
+    lines = [f"root cause: {cause.describe()}"]
+    if cause.error is not None:
+        lines.append(f"  {cause.error}")
+    lines.append(f"last {len(cause.log_tail)} line(s) of {cause.log_path}:")
     lines += [f"  | {line}" for line in cause.log_tail]
     for other in result.failures[1:]:
         lines.append(f"also failed: {other.describe()}")

@@ -1,8 +1,9 @@
 """`train`: one trainer process, started by torchrun (which `launch` runs on every host).
 
-Exit codes: 0 success, 2 bad input (one-line message), 1 anything else. After a failure the
-process leaves with `os._exit`: a normal exit would run DGL's atexit client barrier, which waits
-forever for peers that will never arrive (DGL-NOTES pitfall 5).
+Exit codes: 0 success, 2 bad input (one-line message), 1 anything else (one line when a process
+it depends on died, else the traceback). After a failure the process leaves with `os._exit`: a
+normal exit would run DGL's atexit client barrier, which waits forever for peers that will never
+arrive (DGL-NOTES pitfall 5).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import os
 import sys
 import traceback
 
-from distgnn.errors import InputError
+from distgnn.errors import InputError, ProcessLost
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as err:
         print(f"train: error: {err}", file=sys.stderr, flush=True)
         _leave(2)
+    except ProcessLost as err:
+        print(f"train: error: {err}", file=sys.stderr, flush=True)
+        _leave(1)
     except BaseException:  # noqa: BLE001 - any failure must end the process, not hang it
         traceback.print_exc()
         sys.stderr.flush()

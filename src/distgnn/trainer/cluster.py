@@ -139,6 +139,9 @@ def connect(cfg: TrainConfig, facts: GraphFacts) -> Cluster:
     from distgnn.ip_config import dgl_readable
 
     dgl.distributed.initialize(str(dgl_readable(cfg.ip_config)))
+    from distgnn.trainer.sampler_watch import watch_sampler_pool
+
+    watch_sampler_pool()
     dist.init_process_group(backend=backend)
     if device.type == "cuda":
         torch.cuda.set_device(device)
