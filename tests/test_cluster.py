@@ -225,6 +225,32 @@ def wait_for(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def kill_while_training(argv: list[str], ws: Path, trainers: int, victim_of):
+    """Launch argv, wait until its `trainers` trainers log training steps, SIGKILL the process
+    `victim_of(trainers by global rank)` picks, and wait for launch to end.
+    Returns (launch's exit code, its stderr, seconds from the kill to its end, run folder, victim)."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    try:
+        run = wait_for(lambda: next(iter((ws / "runs").glob("*")), None) if (ws / "runs").exists() else None,
+                       120, "the run folder")
+        workers = wait_for(lambda: w if len(w := trainer_processes(run)) == trainers else None, 120,
+                           f"{trainers} trainers")
+        wait_for(lambda: any(runlog.read_rank_log(p).steps for p in (run / "logs").glob("rank-*.jsonl")),
+                 120, "training steps in the run log")
+        victim = victim_of(workers)
+        victim.send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        _out, err = proc.communicate(timeout=90)
+        return proc.returncode, err, time.monotonic() - killed_at, run, victim
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
 @pytest.fixture(scope="module")
 def synthetic2(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("syn") / "shards"
@@ -235,31 +261,13 @@ def synthetic2(tmp_path_factory) -> Path:
 
 @pytest.mark.netns
 def test_sigkill_of_one_trainer_stops_every_host_with_root_cause(tmp_path, synthetic2, emu):
-    import signal
-    import time
-
     hosts, port = emu_hosts(tmp_path, emu)
     ws = tmp_path / "ws"
     argv = launch(hosts, synthetic2, ws, "--trainers-per-host", "2", *ssh_flags(emu),
                   train=["--fanouts", "5,10", "--batch-size", "64", "--hidden", "32", "--epochs", "1000",
                          "--log-every", "5"])
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
-    try:
-        run = wait_for(lambda: next(iter((ws / "runs").glob("*")), None) if (ws / "runs").exists() else None,
-                       120, "the run folder")
-        workers = wait_for(lambda: w if len(w := trainer_processes(run)) == 4 else None, 120, "4 trainers")
-        wait_for(lambda: any(runlog.read_rank_log(p).steps for p in (run / "logs").glob("rank-*.jsonl")),
-                 120, "training steps in the run log")
-        victim = workers[3]
-        victim.send_signal(signal.SIGKILL)
-        killed_at = time.monotonic()
-        out, err = proc.communicate(timeout=90)
-        stopped_in = time.monotonic() - killed_at
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
-    assert proc.returncode not in (0, None), err[-2000:]
+    code, err, stopped_in, run, _victim = kill_while_training(argv, ws, 4, lambda workers: workers[3])
+    assert code not in (0, None), err[-2000:]
     assert stopped_in < 30, f"everything must stop within 30 s of the failure, took {stopped_in:.1f} s"
     host1 = emu.hosts[1].address
     cause = next(line for line in err.splitlines() if line.startswith("root cause:"))
@@ -299,36 +307,24 @@ def test_sigterm_to_launch_leaves_nothing_on_any_host(tmp_path, synthetic2, emu)
 def test_a_killed_sampler_process_fails_its_trainer_at_once(tmp_path, pubmed1):
     """DGL's loader waits 30 minutes for a batch from a dead sampler process; the trainer must
     fail within seconds, naming the sampler, and the launcher stop the rest (OOM kills do this)."""
-    import signal
-    import time
-
-    import psutil
-
     hosts, port = local_hosts(tmp_path)
     ws = tmp_path / "ws"
     argv = launch(hosts, pubmed1, ws, "--samplers", "1", "--trainers-per-host", "2",
                   train=["--batch-size", "8", "--hidden", "16", "--epochs", "1000", "--log-every", "1"])
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
-    try:
-        run = wait_for(lambda: next(iter((ws / "runs").glob("*")), None) if (ws / "runs").exists() else None,
-                       120, "the run folder")
-        workers = wait_for(lambda: w if len(w := trainer_processes(run)) == 2 else None, 120, "2 trainers")
-        wait_for(lambda: any(runlog.read_rank_log(p).steps for p in (run / "logs").glob("rank-*.jsonl")),
-                 120, "training steps in the run log")
-        (sampler,) = [c for c in workers[1].children() if "spawn_main" in " ".join(c.cmdline())]
-        sampler.send_signal(signal.SIGKILL)
-        killed_at = time.monotonic()
-        _out, err = proc.communicate(timeout=90)
-        stopped_in = time.monotonic() - killed_at
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
-    assert proc.returncode == 1, err[-3000:]
+
+    samplers = {}
+
+    def sampler_of_rank_1(workers):
+        for rank, worker in workers.items():
+            (samplers[rank],) = [c for c in worker.children() if "spawn_main" in " ".join(c.cmdline())]
+        return samplers[1]
+
+    code, err, stopped_in, run, sampler = kill_while_training(argv, ws, 2, sampler_of_rank_1)
+    assert code == 1, err[-3000:]
     assert stopped_in < 30, f"everything must stop within 30 s of the sampler's death, took {stopped_in:.1f} s"
     cause = next(line for line in err.splitlines() if line.startswith("root cause:"))
     assert "trainer" in cause and "global rank 1" in cause, err[-3000:]
     assert f"train: error: sampler process 1 of 1 (pid {sampler.pid}) was killed by SIGKILL" in err, err[-3000:]
     assert wait_gone(run) == []
-    assert not any(psutil.pid_exists(c.pid) for w in workers.values() for c in [w]), "trainers left behind"
+    assert wait_for(lambda: not samplers[0].is_running(), 10, "the other trainer's sampler to end")
     assert port_free("127.0.0.1", port)

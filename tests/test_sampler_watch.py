@@ -126,3 +126,23 @@ def test_no_pool_without_sampler_processes():
     from distgnn.trainer.sampler_watch import watch_sampler_pool
 
     assert watch_sampler_pool() is False
+
+
+def test_a_process_that_asked_to_die_with_its_parent_does(tmp_path):
+    """A trainer that is killed must not leave its sampler processes behind (they are outside
+    its process group, so the launcher's teardown does not reach them)."""
+    import subprocess
+    import sys
+
+    import psutil
+
+    child = ("import time; from distgnn.trainer.sampler_watch import die_with_parent; die_with_parent(); "
+             "print('ready', flush=True); time.sleep(600)")
+    parent = ("import subprocess, sys; p = subprocess.Popen([sys.executable, '-c', sys.argv[1]], stdout=subprocess.PIPE, "
+              "stderr=subprocess.DEVNULL, text=True); assert p.stdout.readline() == 'ready\\n'; print(p.pid, flush=True)")
+    done = subprocess.run([sys.executable, "-c", parent, child], capture_output=True, text=True, timeout=60, check=True)
+    orphan = int(done.stdout.strip())
+    deadline = time.monotonic() + 10
+    while psutil.pid_exists(orphan) and psutil.Process(orphan).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, f"process {orphan} outlived its parent"
+        time.sleep(0.05)

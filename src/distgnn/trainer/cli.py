@@ -48,3 +48,9 @@ def _leave(code: int) -> None:
 
 if __name__ == "__main__":
     sys.exit(main())
+elif __name__ == "__mp_main__":
+    # A DGL sampler process of this trainer (multiprocessing's spawn re-imports the main module
+    # under this name): it must not outlive the trainer (trainer/sampler_watch.py).
+    from distgnn.trainer.sampler_watch import die_with_parent
+
+    die_with_parent()

@@ -8,11 +8,19 @@ pool's `get_result` is replaced by one that waits in short slices and, between t
 that every sampler process is still alive; a dead one ends the wait with a one-line error
 naming it. The pool's own state (result queue, per-loader result lists) is used as DGL uses
 it, so batches that arrive are handed out exactly as before.
+
+The other way round, a trainer that dies (killed, or leaving with `os._exit` after a failure)
+orphans its sampler processes: they are not in its process group (torchrun starts every
+worker in a session of its own), so nothing stopped them and each kept its memory and its
+DGL connections for good. `die_with_parent` makes the kernel kill a sampler process when
+its trainer ends.
 """
 
 from __future__ import annotations
 
+import ctypes
 import functools
+import os
 import queue
 import signal
 import time
@@ -90,3 +98,19 @@ def describe_exit(code: int) -> str:
         return f"was killed by {signal.Signals(-code).name}"
     except ValueError:
         return f"was killed by signal {-code}"
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """Have the kernel SIGKILL this process when its parent ends (Linux's PR_SET_PDEATHSIG).
+
+    Called in a sampler process as it starts: spawn re-imports the trainer's main module
+    there, under the name `__mp_main__`."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    # The parent may have ended before the request took effect: then init adopted us.
+    if os.getppid() == 1:
+        os._exit(1)
