@@ -276,3 +276,22 @@ def test_announcement_lines_round_trip():
     assert (stopped.event, stopped.rank) == ("stopped", None)
     for other in ("distgnn-metrics: serving role=trainer port=x addr=a", "distgnn-metrics: serving", "port=1"):
         assert parse_announcement(other) is None
+
+
+def test_announcements_of_processes_sharing_a_pipe_stay_whole_lines():
+    """The trainers of a host share torchrun's unbuffered stdout; a line written in two pieces
+    (text, then newline) ran into another trainer's and hid its port from the launcher."""
+    import os
+    import sys
+
+    code = ("import sys; from types import SimpleNamespace; from distgnn.metrics import announce\n"
+            "for _ in range(400): announce('serving', 'trainer', int(sys.argv[1]), SimpleNamespace(address='a', port=1))")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    read, write = os.pipe()
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(rank)], stdout=write, env=env) for rank in (0, 1)]
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        lines = pipe.read().splitlines()
+    assert [p.wait(timeout=60) for p in procs] == [0, 0]
+    ranks = [parse_announcement(line).rank if line.count("distgnn-metrics") == 1 else line for line in lines]
+    assert sorted(ranks, key=str) == [0] * 400 + [1] * 400

@@ -97,7 +97,10 @@ class RunLogWriter:
 
     def _say(self, text: str) -> None:
         if self._echo is not None:
-            print(f"[rank {self.rank}] {text}", file=self._echo, flush=True)
+            # One write per line, newline included: trainers share torchrun's unbuffered stdout,
+            # and print()'s separate newline write lets another process's line run into ours.
+            self._echo.write(f"[rank {self.rank}] {text}\n")
+            self._echo.flush()
 
     def step(self, *, epoch: int, step: int, loss: float, seeds: int, seconds: float) -> None:
         """A progress line: `seeds` and `seconds` count from the start of the epoch."""
