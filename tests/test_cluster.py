@@ -227,7 +227,7 @@ def wait_for(predicate, timeout: float, what: str):
 
 def kill_while_training(argv: list[str], ws: Path, trainers: int, victim_of):
     """Launch argv, wait until its `trainers` trainers log training steps, SIGKILL the process
-    `victim_of(trainers by global rank)` picks, and wait for launch to end.
+    `victim_of(run folder, trainers by global rank)` picks, and wait for launch to end.
     Returns (launch's exit code, its stderr, seconds from the kill to its end, run folder, victim)."""
     import signal
     import time
@@ -240,7 +240,7 @@ def kill_while_training(argv: list[str], ws: Path, trainers: int, victim_of):
                            f"{trainers} trainers")
         wait_for(lambda: any(runlog.read_rank_log(p).steps for p in (run / "logs").glob("rank-*.jsonl")),
                  120, "training steps in the run log")
-        victim = victim_of(workers)
+        victim = victim_of(run, workers)
         victim.send_signal(signal.SIGKILL)
         killed_at = time.monotonic()
         _out, err = proc.communicate(timeout=90)
@@ -266,7 +266,7 @@ def test_sigkill_of_one_trainer_stops_every_host_with_root_cause(tmp_path, synth
     argv = launch(hosts, synthetic2, ws, "--trainers-per-host", "2", *ssh_flags(emu),
                   train=["--fanouts", "5,10", "--batch-size", "64", "--hidden", "32", "--epochs", "1000",
                          "--log-every", "5"])
-    code, err, stopped_in, run, _victim = kill_while_training(argv, ws, 4, lambda workers: workers[3])
+    code, err, stopped_in, run, _victim = kill_while_training(argv, ws, 4, lambda _run, workers: workers[3])
     assert code not in (0, None), err[-2000:]
     assert stopped_in < 30, f"everything must stop within 30 s of the failure, took {stopped_in:.1f} s"
     host1 = emu.hosts[1].address
@@ -314,7 +314,7 @@ def test_a_killed_sampler_process_fails_its_trainer_at_once(tmp_path, pubmed1):
 
     samplers = {}
 
-    def sampler_of_rank_1(workers):
+    def sampler_of_rank_1(_run, workers):
         for rank, worker in workers.items():
             (samplers[rank],) = [c for c in worker.children() if "spawn_main" in " ".join(c.cmdline())]
         return samplers[1]
@@ -327,4 +327,28 @@ def test_a_killed_sampler_process_fails_its_trainer_at_once(tmp_path, pubmed1):
     assert f"train: error: sampler process 1 of 1 (pid {sampler.pid}) was killed by SIGKILL" in err, err[-3000:]
     assert wait_gone(run) == []
     assert wait_for(lambda: not samplers[0].is_running(), 10, "the other trainer's sampler to end")
+    assert port_free("127.0.0.1", port)
+
+
+def test_a_killed_graph_server_stops_the_run_with_it_as_root_cause(tmp_path, pubmed1):
+    """A graph server lost mid-training (the OOM killer's usual pick: it holds the part) must end
+    the run within seconds, blamed on the server, not on the trainers that lost it."""
+    import psutil
+
+    hosts, port = local_hosts(tmp_path)
+    ws = tmp_path / "ws"
+    argv = launch(hosts, pubmed1, ws, "--trainers-per-host", "2",
+                  train=["--batch-size", "8", "--hidden", "16", "--epochs", "1000", "--log-every", "1"])
+
+    def server(run, _workers):
+        (found,) = [p for p in psutil.process_iter(["cmdline"])
+                    if "distgnn.trainer.server" in (cmd := p.info["cmdline"] or []) and str(run) in " ".join(cmd)]
+        return found
+
+    code, err, stopped_in, run, _server = kill_while_training(argv, ws, 2, server)
+    assert code == 1, err[-3000:]
+    assert stopped_in < 30, f"everything must stop within 30 s of the server's death, took {stopped_in:.1f} s"
+    cause = next(line for line in err.splitlines() if line.startswith("root cause:"))
+    assert "server rank 0" in cause and "SIGKILL" in cause, err[-3000:]
+    assert wait_gone(run) == []
     assert port_free("127.0.0.1", port)
