@@ -660,12 +660,12 @@ def parse_announcement(line: str) -> Announcement | None:
 def announce(event: str, role: str, rank: object, exporter: Exporter) -> None:
     """Print the announcement on stdout. A process whose stdout is gone has nobody to tell."""
     try:
-        write_line(sys.stdout, format_announcement(event, role, rank, exporter.address, exporter.port))
+        _write_line(sys.stdout, format_announcement(event, role, rank, exporter.address, exporter.port))
     except (OSError, ValueError):
         pass
 
 
-def write_line(stream: TextIO, line: str) -> None:
+def _write_line(stream: TextIO, line: str) -> None:
     """`line` and its newline in one write, flushed.
 
     The trainers of a host share torchrun's stdout, unbuffered: print() writes the newline

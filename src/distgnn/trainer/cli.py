@@ -21,23 +21,30 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = config_from_args(argv)
     except InputError as err:
-        print(f"train: error: {err}", file=sys.stderr)
+        _error(err)
         return 2
     try:
         from distgnn.trainer.run import run
 
         run(cfg)
     except InputError as err:
-        print(f"train: error: {err}", file=sys.stderr, flush=True)
+        _error(err)
         _leave(2)
     except ProcessLost as err:
-        print(f"train: error: {err}", file=sys.stderr, flush=True)
+        _error(err)
         _leave(1)
     except BaseException:  # noqa: BLE001 - any failure must end the process, not hang it
         traceback.print_exc()
         sys.stderr.flush()
         _leave(1)
     return 0
+
+
+def _error(err: Exception) -> None:
+    # One write, newline included: the trainers of a host share torchrun's unbuffered stderr,
+    # and the launcher finds this line by its start (launcher/supervise.py, first_error_line).
+    sys.stderr.write(f"train: error: {err}\n")
+    sys.stderr.flush()
 
 
 def _leave(code: int) -> None:
