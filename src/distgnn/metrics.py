@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence, TextIO
+from typing import Any, Literal, Mapping, Sequence
 
 from prometheus_client import (
     CollectorRegistry,
@@ -48,6 +48,7 @@ from prometheus_client import (
 from distgnn import __version__, ports
 from distgnn.atomic import atomic_write_text
 from distgnn.errors import InputError
+from distgnn.runlog import write_line
 
 NAMESPACE = "distgnn"
 
@@ -660,19 +661,9 @@ def parse_announcement(line: str) -> Announcement | None:
 def announce(event: str, role: str, rank: object, exporter: Exporter) -> None:
     """Print the announcement on stdout. A process whose stdout is gone has nobody to tell."""
     try:
-        _write_line(sys.stdout, format_announcement(event, role, rank, exporter.address, exporter.port))
+        write_line(sys.stdout, format_announcement(event, role, rank, exporter.address, exporter.port))
     except (OSError, ValueError):
         pass
-
-
-def _write_line(stream: TextIO, line: str) -> None:
-    """`line` and its newline in one write, flushed.
-
-    The trainers of a host share torchrun's stdout, unbuffered: print() writes the newline
-    separately, and two trainers' announcements once ran together on one line, hiding the
-    second from the launcher. One write of a line shorter than PIPE_BUF reaches a pipe whole."""
-    stream.write(line + "\n")
-    stream.flush()
 
 
 def _announce_sink(sink: _Served) -> None:

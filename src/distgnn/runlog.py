@@ -63,6 +63,16 @@ def _number(value: float | None) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def write_line(stream: TextIO, line: str) -> None:
+    """`line` and its newline in one write, flushed.
+
+    The trainers of a host share torchrun's unbuffered stdout and stderr: print() writes the
+    newline separately, and two trainers' lines once ran together, hiding one of them from
+    the launcher. One write of a line shorter than PIPE_BUF reaches a pipe whole."""
+    stream.write(line + "\n")
+    stream.flush()
+
+
 class RunLogWriter:
     """Appends one rank's records; `echo` also prints each record as a progress line."""
 
@@ -97,10 +107,7 @@ class RunLogWriter:
 
     def _say(self, text: str) -> None:
         if self._echo is not None:
-            # One write per line, newline included: trainers share torchrun's unbuffered stdout,
-            # and print()'s separate newline write lets another process's line run into ours.
-            self._echo.write(f"[rank {self.rank}] {text}\n")
-            self._echo.flush()
+            write_line(self._echo, f"[rank {self.rank}] {text}")
 
     def step(self, *, epoch: int, step: int, loss: float, seeds: int, seconds: float) -> None:
         """A progress line: `seeds` and `seconds` count from the start of the epoch."""

@@ -13,6 +13,7 @@ import sys
 import traceback
 
 from distgnn.errors import InputError, ProcessLost
+from distgnn.runlog import write_line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,10 +42,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _error(err: Exception) -> None:
-    # One write, newline included: the trainers of a host share torchrun's unbuffered stderr,
-    # and the launcher finds this line by its start (launcher/supervise.py, first_error_line).
-    sys.stderr.write(f"train: error: {err}\n")
-    sys.stderr.flush()
+    # Whole, at a line start: the launcher's root cause looks for it (supervise.first_error_line).
+    write_line(sys.stderr, f"train: error: {err}")
 
 
 def _leave(code: int) -> None:
