@@ -9,7 +9,8 @@ import torch
 from dgl.nn import SAGEConv
 
 from distgnn.errors import InputError
-from distgnn.trainer.model import GraphSAGE, LayerGraph, SAGELayer, mean_aggregate
+from distgnn.trainer import model as model_module
+from distgnn.trainer.model import GraphSAGE, LayerGraph, SAGELayer, mean_aggregate, project_first
 
 
 def random_block(num_nodes=60, num_edges=400, num_dst=12, seed=0):
@@ -55,6 +56,43 @@ def test_sage_layer_matches_dgl_sageconv(in_dim, out_dim):
     theirs = conv(block, h)
     assert ours.shape == (block.num_dst_nodes(), out_dim)
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("sparse_cost,projects", [(0, False), (10**9, True)])
+def test_both_orders_of_a_narrowing_layer_match_dgl_with_gradients(monkeypatch, sparse_cost, projects):
+    # On CPU a narrowing layer (in_dim > out_dim) projects first or aggregates first by a
+    # cost estimate; force each order and check values and every gradient against SAGEConv.
+    monkeypatch.setattr(model_module, "SPARSE_MAC_COST", sparse_cost)
+    torch.manual_seed(2)
+    block = random_block()
+    layer = SAGELayer(32, 8)
+    conv = dgl_conv_like(layer)
+    assert project_first(layer_of(block), 32, 8, "cpu") is projects
+    h = torch.randn(block.num_src_nodes(), 32)
+    h_ours, h_theirs = h.clone().requires_grad_(), h.clone().requires_grad_()
+    upstream = torch.randn(block.num_dst_nodes(), 8)
+    (layer(layer_of(block), h_ours) * upstream).sum().backward()
+    (conv(block, h_theirs) * upstream).sum().backward()
+    torch.testing.assert_close(h_ours.grad, h_theirs.grad, atol=1e-5, rtol=1e-5)
+    for ours, theirs in ((layer.fc_self, conv.fc_self), (layer.fc_neigh, conv.fc_neigh)):
+        torch.testing.assert_close(ours.weight.grad, theirs.weight.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(layer.fc_self.bias.grad, conv.fc_self.bias.grad, atol=1e-5, rtol=1e-5)
+
+
+def test_project_first_weighs_dense_against_sparse_work_on_cpu_only():
+    def layer(num_src, num_dst, num_edges):
+        idx = torch.zeros(num_edges, dtype=torch.int64)
+        return LayerGraph(idx, idx, num_src, num_dst)
+
+    # A sampled last layer (many sources, about one edge each): aggregating first is cheaper.
+    sampled = layer(num_src=9650, num_dst=1000, num_edges=8700)
+    assert not project_first(sampled, 256, 16, "cpu")
+    # Dozens of edges per source (full neighbourhoods of a dense graph): projecting first is.
+    dense = layer(num_src=2000, num_dst=1000, num_edges=50_000)
+    assert project_first(dense, 256, 16, "cpu")
+    # A widening layer always aggregates first; off the CPU DGL's rule decides.
+    assert not project_first(dense, 16, 256, "cpu")
+    assert project_first(sampled, 256, 16, "cuda")
 
 
 def test_isolated_destination_gets_only_its_own_term():
