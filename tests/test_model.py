@@ -87,7 +87,7 @@ def test_project_first_weighs_dense_against_sparse_work_on_cpu_only():
     # A sampled last layer (many sources, about one edge each): aggregating first is cheaper.
     sampled = layer(num_src=9650, num_dst=1000, num_edges=8700)
     assert not project_first(sampled, 256, 16, "cpu")
-    # Dozens of edges per source (full neighbourhoods of a dense graph): projecting first is.
+    # 25 edges per source (full neighbourhoods of a dense graph): projecting first is.
     dense = layer(num_src=2000, num_dst=1000, num_edges=50_000)
     assert project_first(dense, 256, 16, "cpu")
     # A widening layer always aggregates first; off the CPU DGL's rule decides.
