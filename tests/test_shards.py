@@ -40,6 +40,24 @@ def test_manifest_lists_every_file_with_its_sha256(partitioned):
     assert manifest.part_dir(1) == shards.part_dir(root, 1)
 
 
+def test_any_parquet_reader_sees_plain_typed_columns_with_ids_delta_encoded(partitioned):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    _graph, root = partitioned
+    folder = shards.part_dir(root, 1)
+    nodes = pq.read_table(folder / shards.NODES)
+    assert nodes.schema.field("id").type == pa.int64() and nodes.schema.field("label").type == pa.int64()
+    assert pa.types.is_fixed_size_list(nodes.schema.field("feat").type)  # features stay float lists
+    assert pq.read_table(folder / shards.EDGES).schema.field("src").type == pa.int64()
+    for path in (folder / shards.NODES, folder / shards.EDGES, folder / shards.HALO, root / shards.ASSIGNMENT):
+        meta = pq.ParquetFile(path).metadata
+        for i in range(meta.num_columns):
+            column = meta.row_group(0).column(i)
+            delta = "DELTA_BINARY_PACKED" in column.encodings
+            assert delta == (column.physical_type in ("INT32", "INT64")), (path.name, column.path_in_schema)
+
+
 def test_parts_hold_every_node_once_with_its_data(partitioned):
     graph, root = partitioned
     seen = np.zeros(graph.num_nodes, dtype=int)
