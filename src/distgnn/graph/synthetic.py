@@ -30,8 +30,12 @@ node (so edges come grouped by source); destinations are read at uniformly
 random positions of a table in which each node appears about weight-
 proportionally often. Both avoid a binary search over cumulative weights per
 edge, which is slow and cache-hostile at 20M edges.
-Everything comes from one `numpy.random.Generator(PCG64(seed))` in a fixed
-order, so the same spec gives identical arrays.
+
+Pieces: the per-node draws (the dealing, popularity, out-degrees) come from
+`Generator(PCG64(seed))`; every fixed-size piece of edges or feature rows has its
+own generator seeded by (seed, stream, piece). So the graph can be written piece
+by piece (`spill_synthetic`: a 300M-edge graph never exists in memory at once)
+and the same spec gives identical arrays whichever way it is read.
 """
 
 from __future__ import annotations
@@ -46,8 +50,14 @@ from distgnn.graph.progress import report
 
 PREFIX = "synthetic:"
 PARETO_ALPHA = 2.0
-FEATURE_BLOCK_ROWS = 1 << 18
+FEATURE_BLOCK_ROWS = 1 << 16
+"""Feature rows drawn per piece (16 MiB at 64 features)."""
+EDGE_PIECE = 1 << 20
+"""Edges drawn per piece: the most a reader holds of a graph of any size."""
 TABLE_PER_MEMBER = 8
+GLOBAL_TABLE_PER_MEMBER = 2
+"""The table for edges drawn among all nodes is shorter: it has one entry per draw slot
+of every node of the graph, so it is the generator's largest array (int32)."""
 MIN_COMMUNITY_SIZE = 8
 
 
@@ -151,50 +161,78 @@ def _number(key: str, text: str) -> int | float:
         raise InputError(f"synthetic spec: {key} must be {kind}, got {text!r}") from None
 
 
-def _weighted_draws(rng: np.random.Generator, members: np.ndarray, weights: np.ndarray,
-                    out: np.ndarray) -> None:
-    """Fill `out` with iid draws from `members`, probability proportional to `weights`.
+def _child(cfg: SyntheticConfig, stream: int, index: int) -> np.random.Generator:
+    """The generator of one fixed-size piece: seeded by (seed, stream, index), so every
+    piece can be drawn alone, in any order, and the graph never depends on how a reader
+    batches it."""
+    return np.random.Generator(np.random.PCG64([cfg.seed, stream, index]))
 
-    A table holding each member about weight-proportionally often (multinomial
-    counts, repeated) is indexed uniformly at random: one gather instead of a
-    binary search per draw. The table has at most TABLE_PER_MEMBER entries per
-    member, so it stays small enough for the cache; the quantisation of the
-    probabilities this implies is itself random and unbiased.
+
+def _table(rng: np.random.Generator, members: np.ndarray, weights: np.ndarray, size: int) -> np.ndarray:
+    """Each member about weight-proportionally often (multinomial counts, repeated).
+
+    Indexing it uniformly at random draws members by weight with one gather instead of
+    a binary search per draw; the quantisation of the probabilities this implies is
+    itself random and unbiased.
     """
-    count = out.shape[0]
-    if count == 0:
-        return
-    size = min(count, TABLE_PER_MEMBER * members.shape[0])
-    table = np.repeat(members, rng.multinomial(size, weights / weights.sum()))
-    np.take(table, rng.integers(0, size, count), out=out)
+    return np.repeat(members.astype(np.int32 if members.size < 2**31 else np.int64),
+                     rng.multinomial(size, weights / weights.sum()))
 
 
-def _edges(rng: np.random.Generator, cfg: SyntheticConfig, dealt: np.ndarray,
-           weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Edge arrays, local (same-community) edges first, grouped by community."""
-    n, total = cfg.nodes, cfg.nodes * cfg.degree
-    out_degree = rng.multinomial(total, weight / weight.sum())
+@dataclass(kw_only=True)
+class _Skeleton:
+    """The per-node draws every piece needs (O(nodes) memory)."""
+
+    dealt: np.ndarray
+    """A random permutation: community k is dealt[k::M]."""
+    label: np.ndarray
+    weight: np.ndarray
+    out_degree: np.ndarray
+    local_out: np.ndarray
+
+
+def _skeleton(cfg: SyntheticConfig) -> _Skeleton:
+    rng = np.random.Generator(np.random.PCG64(cfg.seed))
+    dealt = rng.permutation(cfg.nodes)
+    label = np.empty(cfg.nodes, np.int64)
+    label[dealt] = np.arange(cfg.nodes) % cfg.num_communities % cfg.classes
+    weight = 1.0 + rng.pareto(PARETO_ALPHA, cfg.nodes)
+    out_degree = rng.multinomial(cfg.nodes * cfg.degree, weight / weight.sum())
     local_out = rng.binomial(out_degree, cfg.homophily)
-    src = np.empty(total, np.int64)
-    dst = np.empty(total, np.int64)
-    at = 0
-    # community k is every M-th node of a random permutation: random, near-equal sizes
-    for k in range(cfg.num_communities):
-        members = dealt[k::cfg.num_communities]
-        counts = local_out[members]
-        stop = at + int(counts.sum())
-        src[at:stop] = np.repeat(members, counts)
-        _weighted_draws(rng, members, weight[members], dst[at:stop])
-        at = stop
-    everyone = np.arange(n, dtype=np.int64)
-    src[at:] = np.repeat(everyone, out_degree - local_out)
-    _weighted_draws(rng, everyone, weight, dst[at:])
-    _redirect_self_loops(rng, src, dst, dealt, cfg.num_communities)
-    return src, dst
+    return _Skeleton(dealt=dealt, label=label, weight=weight, out_degree=out_degree, local_out=local_out)
+
+
+def edge_pieces(cfg: SyntheticConfig, sk: _Skeleton):
+    """(src, dst) pieces of at most about EDGE_PIECE edges: each community's local edges
+    first, then the edges drawn among all nodes, by blocks of source nodes."""
+    m = cfg.num_communities
+    position = np.empty(cfg.nodes, np.int64)
+    position[sk.dealt] = np.arange(cfg.nodes)
+    for k in range(m):
+        members = sk.dealt[k::m]
+        counts = sk.local_out[members]
+        rng = _child(cfg, 1, k)
+        table = _table(rng, members, sk.weight[members], TABLE_PER_MEMBER * members.shape[0])
+        src = np.repeat(members, counts)
+        for at in range(0, src.shape[0], EDGE_PIECE):
+            piece = src[at:at + EDGE_PIECE]
+            dst = table[rng.integers(0, table.shape[0], piece.shape[0])].astype(np.int64)
+            _redirect_self_loops(rng, piece, dst, sk.dealt, position, m)
+            yield piece, dst
+    everyone = np.arange(cfg.nodes, dtype=np.int64)
+    table = _table(_child(cfg, 2, 0), everyone, sk.weight, GLOBAL_TABLE_PER_MEMBER * cfg.nodes)
+    remote = sk.out_degree - sk.local_out
+    step = max(1, EDGE_PIECE // max(1, cfg.degree))
+    for block, at in enumerate(range(0, cfg.nodes, step)):
+        rng = _child(cfg, 3, block)
+        src = np.repeat(everyone[at:at + step], remote[at:at + step])
+        dst = table[rng.integers(0, table.shape[0], src.shape[0])].astype(np.int64)
+        _redirect_self_loops(rng, src, dst, sk.dealt, position, m)
+        yield src, dst
 
 
 def _redirect_self_loops(rng: np.random.Generator, src: np.ndarray, dst: np.ndarray,
-                         dealt: np.ndarray, num_communities: int) -> None:
+                         dealt: np.ndarray, position: np.ndarray, num_communities: int) -> None:
     """Point each self loop at another member of the node's community, in place.
 
     Cheaper than compacting both edge arrays, keeps exactly N * D edges and the
@@ -204,8 +242,6 @@ def _redirect_self_loops(rng: np.random.Generator, src: np.ndarray, dst: np.ndar
     if loops.size == 0:
         return
     n, m = dealt.shape[0], num_communities
-    position = np.empty(n, np.int64)
-    position[dealt] = np.arange(n)
     # community k holds the positions k, k + m, k + 2m, ... of `dealt`
     at = position[src[loops]]
     k, index = at % m, at // m
@@ -215,21 +251,20 @@ def _redirect_self_loops(rng: np.random.Generator, src: np.ndarray, dst: np.ndar
     dst[loops] = np.where(size > 1, dealt[k + m * shifted], anywhere)
 
 
-def _features(rng: np.random.Generator, cfg: SyntheticConfig,
-              label: np.ndarray) -> np.ndarray:
-    centroids = rng.standard_normal((cfg.classes, cfg.feat_dim))
+def feature_pieces(cfg: SyntheticConfig, label: np.ndarray):
+    """(first row, float32 rows) blocks of FEATURE_BLOCK_ROWS rows: class centroid + noise."""
+    centroids = _child(cfg, 4, 0).standard_normal((cfg.classes, cfg.feat_dim))
     centroids *= cfg.signal / np.linalg.norm(centroids, axis=1, keepdims=True)
     centroids = centroids.astype(np.float32)
-    feat = rng.standard_normal((cfg.nodes, cfg.feat_dim), dtype=np.float32)
-    # in blocks: a whole-matrix centroids[label] would double peak memory
-    for start in range(0, cfg.nodes, FEATURE_BLOCK_ROWS):
-        stop = start + FEATURE_BLOCK_ROWS
-        feat[start:stop] += centroids[label[start:stop]]
-    return feat
+    for block, start in enumerate(range(0, cfg.nodes, FEATURE_BLOCK_ROWS)):
+        rows = label[start:start + FEATURE_BLOCK_ROWS]
+        feat = _child(cfg, 5, block).standard_normal((rows.shape[0], cfg.feat_dim), dtype=np.float32)
+        feat += centroids[rows]
+        yield start, feat
 
 
-def _masks(rng: np.random.Generator, cfg: SyntheticConfig) -> dict[str, np.ndarray]:
-    order = rng.permutation(cfg.nodes)
+def _masks(cfg: SyntheticConfig) -> dict[str, np.ndarray]:
+    order = _child(cfg, 6, 0).permutation(cfg.nodes)
     masks, start = {}, 0
     for name, fraction in (("train_mask", cfg.train), ("val_mask", cfg.val),
                            ("test_mask", cfg.test)):
@@ -242,21 +277,45 @@ def _masks(rng: np.random.Generator, cfg: SyntheticConfig) -> dict[str, np.ndarr
 
 
 def generate(cfg: SyntheticConfig, *, progress=None) -> GraphData:
-    rng = np.random.Generator(np.random.PCG64(cfg.seed))
+    """The whole graph in memory: the pieces of edge_pieces and feature_pieces joined."""
     report(progress, "synthetic", 0, 3)
-    dealt = rng.permutation(cfg.nodes)
-    label = np.empty(cfg.nodes, np.int64)
-    label[dealt] = np.arange(cfg.nodes) % cfg.num_communities % cfg.classes
-    weight = 1.0 + rng.pareto(PARETO_ALPHA, cfg.nodes)
-    src, dst = _edges(rng, cfg, dealt, weight)
+    sk = _skeleton(cfg)
+    src = np.empty(cfg.nodes * cfg.degree, np.int64)
+    dst = np.empty(cfg.nodes * cfg.degree, np.int64)
+    at = 0
+    for s, d in edge_pieces(cfg, sk):
+        src[at:at + s.shape[0]], dst[at:at + s.shape[0]] = s, d
+        at += s.shape[0]
     report(progress, "synthetic", 1, 3)
-    feat = _features(rng, cfg, label)
+    feat = np.empty((cfg.nodes, cfg.feat_dim), np.float32)
+    for start, rows in feature_pieces(cfg, sk.label):
+        feat[start:start + rows.shape[0]] = rows
     report(progress, "synthetic", 2, 3)
-    masks = _masks(rng, cfg)
+    masks = _masks(cfg)
     report(progress, "synthetic", 3, 3)
     return GraphData(name=cfg.name, num_nodes=cfg.nodes, src=src, dst=dst, feat=feat,
-                     label=label, masks=masks, num_classes=cfg.classes,
+                     label=sk.label, masks=masks, num_classes=cfg.classes,
                      source=f"{PREFIX}{_spec_body(cfg)}")
+
+
+def spill_synthetic(spec: str, writer, *, rows: int, progress=None):
+    """Write the graph of `spec` to a SpillWriter piece by piece: the same arrays as
+    generate(), never more than one piece of edges or features in memory."""
+    cfg = parse_spec(spec)
+    sk = _skeleton(cfg)
+    total = cfg.nodes * cfg.degree
+    for s, d in edge_pieces(cfg, sk):
+        writer.add_edges(s, d)
+        report(progress, "synthetic edges", writer.num_edges, total)
+    sk.out_degree = sk.local_out = None  # not needed for the node rows
+    masks = _masks(cfg)
+    for start, rows_ in feature_pieces(cfg, sk.label):
+        stop = start + rows_.shape[0]
+        writer.add_nodes(rows_.shape[0], feat=rows_, label=sk.label[start:stop],
+                         masks={name: mask[start:stop] for name, mask in masks.items()})
+        report(progress, "synthetic nodes", stop, cfg.nodes)
+    return writer.finish(name=cfg.name, source=f"{PREFIX}{_spec_body(cfg)}", num_nodes=cfg.nodes,
+                         num_classes=cfg.classes)
 
 
 def _spec_body(cfg: SyntheticConfig) -> str:

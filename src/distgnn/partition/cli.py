@@ -25,40 +25,60 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--metis-niter", type=int, default=1, help="METIS refinement iterations per level (default 1, as DGL)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out once the new one is complete")
     parser.add_argument("--quiet", action="store_true", help="no progress lines, no printed report")
-    parser.add_argument("--dry-run", action="store_true", help="print the estimated peak memory and disk space, then exit")
+    parser.add_argument("--dry-run", action="store_true", help="print the path, estimated peak memory and disk space, then exit")
+    parser.add_argument("--memory-budget", metavar="SIZE",
+                        help="most memory the run may hold, e.g. 768MiB or 16GiB (default: 75%% of the memory "
+                             "available); a graph that does not fit is streamed through --tmp-dir")
+    parser.add_argument("--tmp-dir", type=Path, metavar="DIR",
+                        help="folder for temporary files when streaming (default: beside --out); removed at the end")
     return parser
 
 
 def config_from_args(args: argparse.Namespace, command: str):
+    from distgnn.partition.budget import parse_size
     from distgnn.partition.run import PartitionConfig
 
     return PartitionConfig(
         graph=args.graph, num_parts=args.num_parts, out=args.out, method=args.method,
         seed=args.seed, metis_niter=args.metis_niter, overwrite=args.overwrite,
         quiet=args.quiet, dry_run=args.dry_run, command=command,
+        memory_budget=None if args.memory_budget is None else parse_size(args.memory_budget),
+        tmp_dir=args.tmp_dir,
     )
 
 
 def dry_run(config) -> None:
+    """Print the plan for the input's size; InputError (exit 2) when the disks cannot hold it."""
     from distgnn.graph import probe_graph
+    from distgnn.partition import budget
     from distgnn.partition.estimate import estimate
     from distgnn.partition.metis import choose_library
     from distgnn.partition.report import describe_bytes
-
-    from distgnn.partition.run import check_num_parts
+    from distgnn.partition.run import check_disk_space, check_num_parts, check_tmp_dir, resolve_budget
 
     probe = probe_graph(config.graph)
     check_num_parts(config, probe.num_nodes)
+    budget_bytes, source = resolve_budget(config)
+    route = budget.plan(budget=budget_bytes, num_nodes=probe.num_nodes, num_edges=probe.num_edges,
+                        feat_dim=probe.feat_dim, num_parts=config.num_parts, method=config.method)
     # the METIS build a run would pick, from the symmetric graph's largest possible size
     library = choose_library(probe.num_nodes, 2 * probe.num_edges, probe.num_edges)
     est = estimate(
         num_nodes=probe.num_nodes, num_edges=probe.num_edges, feat_dim=probe.feat_dim,
         num_parts=config.num_parts, method=config.method, metis_id_bytes=library.idx_bits // 8,
     )
+    peak = est.peak_memory_bytes if route.path == "in-memory" else route.peak_bytes
     approx = "" if probe.exact else " (sizes estimated from the input file)"
     print(f"input: {probe.num_nodes} nodes, {probe.num_edges} edges, feat_dim {probe.feat_dim}{approx}")
-    print(f"estimated peak memory: {describe_bytes(est.peak_memory_bytes)}")
+    print(f"memory budget: {describe_bytes(budget_bytes)} ({source})")
+    print(f"path: {route.describe()}")
+    print(f"estimated peak memory: {describe_bytes(peak)}")
+    if route.path == "streaming":
+        print(f"in memory it would need: {describe_bytes(est.peak_memory_bytes)}")
+        tmp = check_tmp_dir(config)
+        print(f"estimated temporary disk space: {describe_bytes(route.temp_disk_bytes)} in {tmp}")
     print(f"estimated disk space: {describe_bytes(est.disk_bytes)} in {config.out}")
+    check_disk_space(config, route)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -70,24 +70,28 @@ def symmetric_csr(
 
 
 def vertex_weights(graph: GraphData) -> tuple[np.ndarray, list[str]]:
-    """METIS balance constraints as DistDGL builds them: one 0/1 column per value of
-    the train mask (or all-ones without one) and the in-degree (edges are owned by
-    their destination's part, so in-degree balances edges per part).
+    """METIS balance constraints as DistDGL builds them, see vertex_weight_columns."""
+    in_degree = np.bincount(graph.dst, minlength=graph.num_nodes).astype(np.int64, copy=False)
+    return vertex_weight_columns(graph.num_nodes, graph.masks.get("train_mask"), in_degree)
+
+
+def vertex_weight_columns(n: int, train: np.ndarray | None, in_degree: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """One 0/1 column per value of the train mask (or all-ones without one) and the
+    in-degree (edges are owned by their destination's part, so in-degree balances
+    edges per part).
 
     Columns whose total is zero are dropped: METIS divides by each column's total.
     Returns (int64 [N, ncon], column names).
     """
-    n = graph.num_nodes
     columns: list[np.ndarray] = []
     names: list[str] = []
-    train = graph.masks.get("train_mask")
     if train is not None:
         columns += [train.astype(np.int64), (~train).astype(np.int64)]
         names += ["train_nodes", "other_nodes"]
     else:
         columns.append(np.ones(n, dtype=np.int64))
         names.append("nodes")
-    columns.append(np.bincount(graph.dst, minlength=n).astype(np.int64, copy=False))
+    columns.append(in_degree)
     names.append("in_edges")
     kept = [(c, name) for c, name in zip(columns, names) if c.sum() > 0]
     if not kept:

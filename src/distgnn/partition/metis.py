@@ -239,10 +239,12 @@ def part_kway(
     vwgt: np.ndarray | None,
     options: MetisOptions,
     library: MetisLibrary | None = None,
+    adjwgt: np.ndarray | None = None,
 ) -> tuple[np.ndarray, int]:
     """Partition a symmetric, duplicate- and self-loop-free CSR graph.
 
-    vwgt is integer [N, ncon] (row-major) or None. `library` defaults to
+    vwgt is integer [N, ncon] (row-major) or None; adjwgt, integer [len(indices)] or
+    None, weighs each adjacency entry (a coarsened graph's edge multiplicities). `library` defaults to
     choose_library's pick; arrays already in its integer width are used in place.
     Returns (part int64 [N], edge cut as METIS counts it: undirected edges of the
     symmetric graph).
@@ -259,6 +261,7 @@ def part_kway(
         adjncy = np.zeros(1, dtype=idx)  # METIS dereferences it even when empty
     ncon = np.array([1 if vwgt is None else vwgt.shape[1]], dtype=idx)
     weights = None if vwgt is None else np.ascontiguousarray(vwgt, dtype=idx)
+    edge_weights = None if adjwgt is None or adjwgt.size == 0 else np.ascontiguousarray(adjwgt, dtype=idx)
     opts = _options(library, {
         "SEED": options.seed, "NITER": options.niter, "NCUTS": options.ncuts,
         "UFACTOR": options.ufactor, "NUMBERING": 0,
@@ -267,7 +270,7 @@ def part_kway(
     if _stepwise(library, options):
         target = planned_coarsen_to(library, n, num_parts, options)
         objval = _kway_stepwise(library, n, int(ncon[0]), xadj, adjncy, weights, num_parts, opts, part, target,
-                                options.initial_tries)
+                                options.initial_tries, edge_weights)
         return part.astype(np.int64, copy=False), objval
     nvtxs = np.array([n], dtype=idx)
     nparts = np.array([num_parts], dtype=idx)
@@ -275,7 +278,7 @@ def part_kway(
     status = library.cdll.METIS_PartGraphKway(
         _ptr(nvtxs), _ptr(ncon), _ptr(xadj), _ptr(adjncy),
         None if weights is None else _ptr(weights),
-        None, None, _ptr(nparts), None, None,
+        None, None if edge_weights is None else _ptr(edge_weights), _ptr(nparts), None, None,
         _ptr(opts), _ptr(objval), _ptr(part),
     )
     if status != METIS_OK:
@@ -300,7 +303,8 @@ def _stepwise(library: MetisLibrary, options: MetisOptions) -> bool:
 
 def _kway_stepwise(lib: MetisLibrary, n: int, ncon: int, xadj: np.ndarray, adjncy: np.ndarray,
                    weights: np.ndarray | None, num_parts: int, opts: np.ndarray, part: np.ndarray,
-                   target: int, initial_tries: int | None = None) -> int:
+                   target: int, initial_tries: int | None = None,
+                   adjwgt: np.ndarray | None = None) -> int:
     """METIS_PartGraphKway's own steps (kmetis.c, 5.1), with our coarsening target and
     number of initial partitionings (None: METIS's rule).
 
@@ -318,7 +322,8 @@ def _kway_stepwise(lib: MetisLibrary, n: int, ncon: int, xadj: np.ndarray, adjnc
             raise RuntimeError(f"METIS ({lib.path}) rejected the options")
         graph = c.libmetis__SetupGraph(
             ctrl, n, ncon, xadj.ctypes.data, adjncy.ctypes.data,
-            None if weights is None else weights.ctypes.data, None, None,
+            None if weights is None else weights.ctypes.data, None,
+            None if adjwgt is None else adjwgt.ctypes.data,
         )
         c.libmetis__SetupKWayBalMultipliers(ctrl, graph)
         fields = _CtrlFields(lib, ctrl)

@@ -22,21 +22,59 @@ def _vm_hwm_bytes() -> int | None:
     return None
 
 
-def _reset_peak() -> bool:
-    # Writing 5 to clear_refs resets VmHWM to the current RSS (Linux >= 4.0), so
-    # each phase reports its own peak rather than the process's all-time peak.
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def _rss_bytes() -> int:
     import psutil
 
     return int(psutil.Process().memory_info().rss)
+
+
+def tree_rss_bytes() -> int:
+    """RSS of this process and every process it started."""
+    import psutil
+
+    me = psutil.Process()
+    total = me.memory_info().rss
+    for child in me.children(recursive=True):
+        try:
+            total += child.memory_info().rss
+        except psutil.Error:  # it ended meanwhile
+            pass
+    return int(total)
+
+
+class _PeakSampler:
+    """Samples the process tree's RSS on a thread while a phase runs.
+
+    Per-phase peaks used to come from resetting the kernel's high-water mark
+    (/proc/self/clear_refs), which also reset what outside tools such as
+    `/usr/bin/time -v` report as the process's peak. Sampling leaves the kernel's
+    figure alone (the run's true peak, reported as well); it can miss a spike shorter
+    than the interval, which the whole-run VmHWM then still shows.
+    """
+
+    INTERVAL_S = 0.02
+
+    def __init__(self) -> None:
+        import threading
+
+        self.peak = tree_rss_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="distgnn-rss", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.INTERVAL_S):
+            self.peak = max(self.peak, tree_rss_bytes())
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return max(self.peak, tree_rss_bytes())
+
+
+def run_peak_bytes() -> int:
+    """The whole run's peak: the kernel's high-water mark of this process (never reset)."""
+    return _vm_hwm_bytes() or _rss_bytes()
 
 
 @dataclass
@@ -57,11 +95,13 @@ class PhaseMeter:
     def phase(self, name: str, detail: str = ""):
         if self.stream is not None:
             print(f"partition: {name}{' ' + detail if detail else ''} ...", file=self.stream, flush=True)
-        exact = _reset_peak()
+        sampler = _PeakSampler()
         start = time.perf_counter()
-        yield
+        try:
+            yield
+        finally:
+            peak = sampler.stop()
         seconds = time.perf_counter() - start
-        peak = (_vm_hwm_bytes() if exact else None) or _rss_bytes()
         self.phases.append(Phase(name, seconds, peak))
         if self.stream is not None:
             print(

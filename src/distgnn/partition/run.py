@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
@@ -56,6 +58,10 @@ class PartitionConfig:
     """No progress lines and no printed report."""
     dry_run: bool = False
     """Only estimate memory and disk from the input's size."""
+    memory_budget: int | None = None
+    """Bytes the whole run may hold resident; None: budget.default_budget()."""
+    tmp_dir: Path | None = None
+    """Where the streaming path keeps its temporary files; None: beside --out."""
     command: str = ""
     """The command line recorded in the manifest."""
 
@@ -70,6 +76,8 @@ class PartitionConfig:
             raise InputError(f"--metis-niter must be at least 1 (got {self.metis_niter})")
         if not str(self.out):
             raise InputError("--out must name a folder")
+        if self.memory_budget is not None and self.memory_budget <= 0:
+            raise InputError(f"--memory-budget must be more than 0 (got {self.memory_budget})")
 
 
 def check_output(config: PartitionConfig) -> None:
@@ -84,6 +92,21 @@ def check_output(config: PartitionConfig) -> None:
         raise InputError(f"--out {out}: parent folder {parent} does not exist")
     if not os.access(parent, os.W_OK):
         raise InputError(f"--out {out}: parent folder {parent} is not writable")
+
+
+def check_tmp_dir(config: PartitionConfig) -> Path:
+    """The folder to create the run's temporary folder in (must exist and be writable)."""
+    folder = config.tmp_dir if config.tmp_dir is not None else config.out.absolute().parent
+    if not folder.is_dir():
+        raise InputError(f"--tmp-dir {folder}: no such folder")
+    if not os.access(folder, os.W_OK):
+        raise InputError(f"--tmp-dir {folder}: not writable")
+    return folder
+
+
+def temp_dir(config: PartitionConfig) -> Path:
+    out = config.out.absolute()
+    return check_tmp_dir(config) / f".{out.name}.tmp-{os.getpid()}"
 
 
 def check_num_parts(config: PartitionConfig, num_nodes: int) -> None:
@@ -369,12 +392,100 @@ def _manifest_data(graph: GraphData, config: PartitionConfig, base: shards.PartI
 
 
 def run(config: PartitionConfig, *, stderr=sys.stderr, stdout=sys.stdout, load=None) -> dict:
-    """Load the graph, partition it into a staging folder, publish it as config.out.
+    """Partition config.graph into a staging folder, publish it as config.out.
 
-    On any failure the staging folder is removed and an existing --out is untouched.
-    `load` replaces distgnn.graph.load_graph (tests pass in-memory graphs).
+    The memory budget picks the path (budget.plan): in memory, or streamed through
+    temporary files. On any failure the staging and temporary folders are removed and
+    an existing --out is untouched. `load` replaces distgnn.graph.load_graph (tests pass
+    in-memory graphs; the in-memory path is then taken).
     """
     check_output(config)
+    budget_bytes, source = resolve_budget(config)
+    if load is not None:
+        route = None
+    else:
+        route = choose_path(config, budget_bytes)
+        check_disk_space(config, route)
+    staged = staging_dir(config.out)
+    tmp = temp_dir(config) if route is not None and route.path == "streaming" else None
+    try:
+        with disk_errors(config, tmp):
+            if route is None or route.path == "in-memory":
+                report = _run_in_memory(config, stderr, load)
+            else:
+                report = _run_streaming(config, route, tmp, staged, stderr)
+            report["memory"] = _memory_facts(route, budget_bytes, source)
+            shards.patch_manifest_report(staged, {"memory": report["memory"]})
+            publish(staged, config.out)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    if not config.quiet:
+        from distgnn.partition.report import format_report
+
+        format_report(report, stdout)
+    return report
+
+
+def check_disk_space(config: PartitionConfig, route) -> None:
+    """Refuse a plan whose files do not fit the free space (one device may hold both)."""
+    from distgnn.partition.report import describe_bytes
+
+    out_parent = config.out.absolute().parent
+    needs = {out_parent: route.final_disk_bytes}
+    if route.path == "streaming":
+        tmp = check_tmp_dir(config)
+        device = os.stat(tmp).st_dev
+        same = next((d for d in needs if os.stat(d).st_dev == device), None)
+        needs[same or tmp] = needs.get(same, 0) + route.temp_disk_bytes
+    for folder, need in needs.items():
+        free = shutil.disk_usage(folder).free
+        if free < need:
+            raise InputError(f"{folder}: {describe_bytes(free)} free, the run needs about {describe_bytes(need)} "
+                             "(shards and temporary files); free space or pass --tmp-dir on another disk")
+
+
+def resolve_budget(config: PartitionConfig) -> tuple[int, str]:
+    from distgnn.partition import budget
+
+    if config.memory_budget is not None:
+        return config.memory_budget, "--memory-budget"
+    return budget.default_budget(), f"default: {int(budget.DEFAULT_SHARE * 100)}% of the memory available"
+
+
+def choose_path(config: PartitionConfig, budget_bytes: int):
+    """The budget plan from the input's size (footers, a sample, or the spec)."""
+    from distgnn.graph import probe_graph
+    from distgnn.graph.load import resolve_spec
+    from distgnn.partition import budget
+
+    if resolve_spec(config.graph).kind == "dgl":
+        return _dgl_plan(config, budget_bytes)
+    probe = probe_graph(config.graph)
+    check_num_parts(config, probe.num_nodes)
+    return budget.plan(budget=budget_bytes, num_nodes=probe.num_nodes, num_edges=probe.num_edges,
+                       feat_dim=probe.feat_dim, num_parts=config.num_parts, method=config.method)
+
+
+def _dgl_plan(config: PartitionConfig, budget_bytes: int):
+    """DGL has no reader that does not load the graph, so the file's size stands in
+    for the graph's: the in-memory path when it fits, else streaming (whose read phase
+    refuses a file too big to load)."""
+    from distgnn.graph.stream import DGL_BYTES_PER_FILE_BYTE
+    from distgnn.partition import budget
+
+    size = Path(config.graph).stat().st_size
+    need = budget.BASE_BYTES + DGL_BYTES_PER_FILE_BYTE * size
+    edges = max(1, size // 16)
+    return budget.plan(budget=budget_bytes, num_nodes=max(1, size // 64), num_edges=edges, feat_dim=0,
+                       num_parts=config.num_parts, method=config.method,
+                       force_streaming=need > budget_bytes)
+
+
+def _run_in_memory(config: PartitionConfig, stderr, load) -> dict:
     meter = PhaseMeter(stream=None)
     if load is None:
         from distgnn.graph import load_graph as load
@@ -383,15 +494,47 @@ def run(config: PartitionConfig, *, stderr=sys.stderr, stdout=sys.stdout, load=N
     check_num_parts(config, graph.num_nodes)
     if not config.quiet and graph.num_edges >= LARGE_EDGES:
         meter.stream = stderr
-    staged = staging_dir(config.out)
-    try:
-        report = partition_graph(graph, config, meter, staged)
-        publish(staged, config.out)
-    except BaseException:
-        shutil.rmtree(staged, ignore_errors=True)
-        raise
-    if not config.quiet:
-        from distgnn.partition.report import format_report
+    return partition_graph(graph, config, meter, staging_dir(config.out))
 
-        format_report(report, stdout)
+
+def _run_streaming(config: PartitionConfig, route, tmp: Path, staged: Path, stderr) -> dict:
+    from distgnn.partition import streaming
+    from distgnn.partition.progress import Progress
+
+    start = time.perf_counter()
+    stream = None if config.quiet else stderr
+    meter = PhaseMeter(stream=stream)
+    tmp.mkdir()
+    staged.mkdir()
+    ctx = streaming.Context(config=config, plan=route, meter=meter, progress=Progress(stream), tmp=tmp)
+    graph, report, base, known = streaming.partition_streaming(ctx, staged)
+    report["phases"] = meter.to_json()
+    report["seconds"] = round(time.perf_counter() - start, 4)
+    report["temp_disk_bytes"] = ctx.temp_peak_bytes
+    shards.write_manifest(staged, _manifest_data(graph, config, base, report), known)
     return report
+
+
+def _memory_facts(route, budget_bytes: int, source: str) -> dict:
+    from distgnn.partition.report import run_peak_bytes
+
+    facts = {"budget_bytes": budget_bytes, "budget_source": source,
+             "path": "in-memory" if route is None else route.path,
+             "peak_rss_bytes": run_peak_bytes()}
+    if route is not None:
+        facts["estimated_peak_bytes"] = route.peak_bytes
+        facts["detail"] = route.describe()
+    return facts
+
+
+@contextmanager
+def disk_errors(config: PartitionConfig, tmp: Path | None):
+    """A full disk is an input problem (exit 2, one line), not a traceback."""
+    try:
+        yield
+    except OSError as err:  # pyarrow's writers raise OSError without an errno
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT) and "No space left on device" not in str(err):
+            raise
+        where = err.filename or (tmp if tmp is not None else config.out)
+        folder = "--tmp-dir" if tmp is not None and str(where).startswith(str(tmp)) else "--out"
+        raise InputError(f"no space left on the device of {folder} while writing {where}") from None

@@ -259,39 +259,94 @@ def nodes_table(nodes: PartNodes) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
 
+def edges_table(edges: PartEdges) -> pa.Table:
+    return pa.table({
+        "src": pa.array(edges.src), "dst": pa.array(edges.dst),
+        "eid": pa.array(edges.eid), "inner": pa.array(edges.inner),
+    })
+
+
+def halo_table(halo: PartHalo) -> pa.Table:
+    return pa.table({
+        "id": pa.array(halo.id), "orig_id": pa.array(halo.orig_id),
+        "part": pa.array(halo.part.astype(np.int32, copy=False)),
+    })
+
+
+def assignment_table(orig_id: np.ndarray, new_id: np.ndarray, part: np.ndarray) -> pa.Table:
+    return pa.table({
+        "orig_id": pa.array(orig_id), "new_id": pa.array(new_id),
+        "part": pa.array(part.astype(np.int32, copy=False)),
+    })
+
+
 def write_part(folder: Path, info: PartInfo, nodes: PartNodes, edges: PartEdges, halo: PartHalo) -> PartInfo:
     """Write one part folder; returns `info` with the files' checksums filled in."""
     folder.mkdir(parents=True, exist_ok=False)
     files = {
         NODES: _write_table(folder / NODES, nodes_table(nodes)),
-        EDGES: _write_table(
-            folder / EDGES,
-            pa.table({
-                "src": pa.array(edges.src), "dst": pa.array(edges.dst),
-                "eid": pa.array(edges.eid), "inner": pa.array(edges.inner),
-            }),
-        ),
-        HALO: _write_table(
-            folder / HALO,
-            pa.table({
-                "id": pa.array(halo.id), "orig_id": pa.array(halo.orig_id),
-                "part": pa.array(halo.part.astype(np.int32, copy=False)),
-            }),
-        ),
+        EDGES: _write_table(folder / EDGES, edges_table(edges)),
+        HALO: _write_table(folder / HALO, halo_table(halo)),
     }
-    info = replace(info, files=files)
+    return write_part_info(folder, replace(info, files=files))
+
+
+def write_part_info(folder: Path, info: PartInfo) -> PartInfo:
+    """part.json of a part folder whose Parquet files are written (info.files filled in)."""
     _write_json(folder / PART_INFO, info.to_json())
     return info
 
 
 def write_assignment(root: Path, orig_to_new: np.ndarray, part: np.ndarray) -> str:
     """Write assignment.parquet; returns its sha256."""
-    table = pa.table({
-        "orig_id": pa.array(np.arange(orig_to_new.shape[0], dtype=np.int64)),
-        "new_id": pa.array(orig_to_new),
-        "part": pa.array(part.astype(np.int32, copy=False)),
-    })
-    return _write_table(root / ASSIGNMENT, table)["sha256"]
+    orig = np.arange(orig_to_new.shape[0], dtype=np.int64)
+    return _write_table(root / ASSIGNMENT, assignment_table(orig, orig_to_new, part))["sha256"]
+
+
+class TableWriter:
+    """One shard table written batch by batch (the bounded-memory path).
+
+    Same schema, encodings and options as the one-shot writer; each batch becomes a row
+    group, so the file holds several. Every reader (ours included) reads it as one
+    table, the columns concatenated.
+    """
+
+    def __init__(self, path: Path, schema: pa.Schema) -> None:
+        self.path = path
+        self.rows = 0
+        self._writer = pq.ParquetWriter(
+            path, schema, compression="none", use_dictionary=False,
+            column_encoding=_integer_encodings(schema), write_batch_size=_WRITE_BATCH_ROWS,
+        )
+
+    def write(self, table: pa.Table) -> None:
+        if table.num_rows:
+            self._writer.write_table(table, row_group_size=table.num_rows)
+            self.rows += table.num_rows
+
+    def close(self) -> dict:
+        """Finish the file; returns its {"sha256", "bytes", "rows"} entry."""
+        self._writer.close()
+        return {"sha256": sha256_file(self.path), "bytes": self.path.stat().st_size, "rows": self.rows}
+
+    def abort(self) -> None:
+        self._writer.close()
+
+
+def nodes_schema(schema: FeatureSchema) -> pa.Schema:
+    """The schema nodes_table gives a part with this feature schema."""
+    fields = [pa.field("id", pa.int64()), pa.field("orig_id", pa.int64())]
+    if schema.feat_dim:
+        fields.append(_feat_field(schema.feat_dim))
+    if schema.has_label:
+        fields.append(pa.field("label", pa.int64()))
+    fields += [pa.field(name, pa.bool_()) for name in MASK_NAMES if name in schema.masks]
+    return pa.schema(fields)
+
+
+EDGES_SCHEMA = pa.schema([("src", pa.int64()), ("dst", pa.int64()), ("eid", pa.int64()), ("inner", pa.bool_())])
+HALO_SCHEMA = pa.schema([("id", pa.int64()), ("orig_id", pa.int64()), ("part", pa.int32())])
+ASSIGNMENT_SCHEMA = pa.schema([("orig_id", pa.int64()), ("new_id", pa.int64()), ("part", pa.int32())])
 
 
 def write_manifest(root: Path, data: dict, known: dict[str, str] | None = None) -> None:
@@ -307,6 +362,14 @@ def write_manifest(root: Path, data: dict, known: dict[str, str] | None = None) 
             rel = path.relative_to(root).as_posix()
             files[rel] = known.get(rel) or sha256_file(path)
     _write_json(root / MANIFEST, {"format_version": FORMAT_VERSION, **data, "files": files})
+
+
+def patch_manifest_report(root: Path, extra: dict) -> None:
+    """Add entries to the manifest's report (figures known only once it is written)."""
+    path = root / MANIFEST
+    data = json.loads(path.read_text())
+    data.setdefault("report", {}).update(extra)
+    _write_json(path, data)
 
 
 def _write_json(path: Path, data: dict) -> None:
