@@ -168,7 +168,7 @@ def limits(vwgt: np.ndarray, num_parts: int, imbalance: float) -> np.ndarray:
 
 
 def refine(csr: DiskCSR, part: np.ndarray, vwgt: np.ndarray, num_parts: int, *, chunk: int,
-           imbalance: float, passes: int = 3, seed: int = 0) -> RefineResult:
+           imbalance: float, passes: int = 8, seed: int = 0) -> RefineResult:
     """Boundary moves that lower the cut: a node goes to the part it has most neighbours
     in when that beats its own part and the target stays under every limit."""
     part = part.astype(np.int64, copy=True)

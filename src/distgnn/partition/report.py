@@ -142,6 +142,7 @@ def format_report(report: dict, stream: TextIO = sys.stdout) -> None:
         print(f"METIS: {metis['library']} ({metis['idx_bits']}-bit ids), coarsening to {metis['coarsen_to']} nodes, "
               f"{'its own number of' if tries is None else tries} initial partitioning{'' if tries == 1 else 's'}",
               file=stream)
+    _print_memory(report, stream)
     print(f"edge cut: {cut['count']} of {report['num_edges']} edges ({cut['percent']:.2f}%)", file=stream)
     print(
         "balance (max/mean): " + ", ".join(f"{k} {v:.3f}" for k, v in report["balance"].items()),
@@ -161,7 +162,30 @@ def format_report(report: dict, stream: TextIO = sys.stdout) -> None:
             file=stream,
         )
     print(f"{'total':<12} {report['seconds']:>9.2f}", file=stream)
+    memory = report.get("memory")
+    if memory:
+        print(f"peak RSS (whole run): {memory['peak_rss_bytes'] / 2**30:.2f} GiB", file=stream)
     stream.flush()
+
+
+def _print_memory(report: dict, stream: TextIO) -> None:
+    memory = report.get("memory")
+    if memory:
+        detail = memory.get("detail") or memory["path"]
+        estimate = memory.get("estimated_peak_bytes")
+        print(f"path: {detail}; memory budget {describe_bytes(memory['budget_bytes'])} ({memory['budget_source']})"
+              + (f", estimated peak {describe_bytes(estimate)}" if estimate else ""), file=stream)
+    if report.get("temp_disk_bytes"):
+        print(f"temporary disk space: {describe_bytes(report['temp_disk_bytes'])} at most (removed)", file=stream)
+    coarse = report.get("coarsening")
+    if coarse:
+        steps = ", ".join(f"{lv['nodes']} nodes / {lv['adjacency']} entries in {lv['seconds']:.2f}s"
+                          for lv in coarse["levels"])
+        print(f"coarsening: {len(coarse['levels'])} level(s): {steps}; METIS on {coarse['coarse_nodes']} nodes",
+              file=stream)
+        print(f"refinement: undirected cut {coarse['projected_cut']} projected -> {coarse['refined_cut']} "
+              f"after {len(coarse['refine_moves'])} pass(es) moving {sum(coarse['refine_moves'])} nodes",
+              file=stream)
 
 
 def describe_bytes(n: float) -> str:

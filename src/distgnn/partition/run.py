@@ -414,7 +414,7 @@ def run(config: PartitionConfig, *, stderr=sys.stderr, stdout=sys.stdout, load=N
                 report = _run_in_memory(config, stderr, load)
             else:
                 report = _run_streaming(config, route, tmp, staged, stderr)
-            report["memory"] = _memory_facts(route, budget_bytes, source)
+            report["memory"] = _memory_facts(route, budget_bytes, source, report)
             shards.patch_manifest_report(staged, {"memory": report["memory"]})
             publish(staged, config.out)
     except BaseException:
@@ -515,7 +515,7 @@ def _run_streaming(config: PartitionConfig, route, tmp: Path, staged: Path, stde
     return report
 
 
-def _memory_facts(route, budget_bytes: int, source: str) -> dict:
+def _memory_facts(route, budget_bytes: int, source: str, report: dict) -> dict:
     from distgnn.partition.report import run_peak_bytes
 
     facts = {"budget_bytes": budget_bytes, "budget_source": source,
@@ -523,7 +523,9 @@ def _memory_facts(route, budget_bytes: int, source: str) -> dict:
              "peak_rss_bytes": run_peak_bytes()}
     if route is not None:
         facts["estimated_peak_bytes"] = route.peak_bytes
-        facts["detail"] = route.describe()
+        # what ran: the plan guessed from the edge count, the run knew the de-duplicated size
+        ran = replace(route, metis_whole="coarsening" not in report)
+        facts["detail"] = ran.describe()
     return facts
 
 

@@ -33,6 +33,11 @@ from distgnn.partition.progress import Progress
 from distgnn.partition.report import PhaseMeter
 
 MAX_LEVELS = 12
+METIS_KWAY_UFACTOR = 30
+"""METIS's default imbalance for k-way (1/1000): refinement keeps to the same limit."""
+COARSE_NITER = 10
+"""METIS refinement iterations on the coarse graph: it is small, so METIS's default
+effort costs little there and the cut is better."""
 
 
 @dataclass(kw_only=True)
@@ -181,15 +186,17 @@ def multilevel(ctx: Context, csr: DiskCSR, vwgt: np.ndarray, options) -> tuple[n
     mapping = np.arange(n, dtype=np.int64)
     node_weight = np.ones(n, dtype=np.int64)
     current = csr
-    # a cluster must stay well under a part, or METIS cannot balance the coarse graph
-    cap = max(2, n // (8 * k))
+    # Clusters as large as balance allows (an eighth of a part: METIS can still balance
+    # the coarse graph): label propagation then follows communities. Sizing them only as
+    # small as the budget needs made pairs and triples of random neighbours on small-world
+    # graphs (a 1.68x cut on a 6,000-node synthetic graph, against 1.25x this way; on a
+    # 200k-node one 0.99x METIS on the whole graph).
+    max_weight = max(2, n // (8 * k))
     with ctx.meter.phase("coarsen", "size-constrained label propagation on disk"):
         while memory.metis_bytes(current.num_nodes, current.num_entries, ncon) > p.work_bytes:
             if len(levels) == MAX_LEVELS:
                 break
             start = time.perf_counter()
-            fit = current.num_nodes * p.work_bytes / memory.metis_bytes(current.num_nodes, current.num_entries, ncon)
-            max_weight = int(min(cap, max(2, np.ceil(2 * n / max(fit, 1)))))
             cluster = coarsen.label_propagation(current, node_weight, max_weight, chunk=p.chunk_edges,
                                                 seed=options.seed + len(levels))
             cluster = coarsen.group_loners(current, cluster, node_weight, max_weight)
@@ -219,8 +226,9 @@ def multilevel(ctx: Context, csr: DiskCSR, vwgt: np.ndarray, options) -> tuple[n
     library = choose_library(current.num_nodes, current.num_entries, total)
     target = planned_coarsen_to(library, current.num_nodes, k, options)
     with ctx.meter.phase("metis", f"k-way into {k} parts on the {current.num_nodes}-node coarse graph"):
-        coarse_part, _cut = part_kway(indptr.astype(indices.dtype), indices, k, coarse_vwgt, options,
-                                      library, adjwgt=weights)
+        coarse_part, _cut = part_kway(indptr.astype(indices.dtype), indices, k, coarse_vwgt,
+                                      replace(options, niter=max(options.niter, COARSE_NITER)), library,
+                                      adjwgt=weights)
     del indptr, indices, weights
     if current is not csr:
         current.remove()
@@ -228,8 +236,8 @@ def multilevel(ctx: Context, csr: DiskCSR, vwgt: np.ndarray, options) -> tuple[n
     del mapping, coarse_part
     projected = coarsen.cut_of(csr, part, p.chunk_edges)
     with ctx.meter.phase("refine", "boundary moves on the full graph"):
-        result = coarsen.refine(csr, part, vwgt, k, chunk=p.chunk_edges, imbalance=options.ufactor / 1000,
-                                seed=options.seed)
+        imbalance = (options.ufactor if options.ufactor >= 0 else METIS_KWAY_UFACTOR) / 1000
+        result = coarsen.refine(csr, part, vwgt, k, chunk=p.chunk_edges, imbalance=imbalance, seed=options.seed)
     cut = coarsen.cut_of(csr, result.part, p.chunk_edges)
     facts = {"undirected_cut": cut, **library.to_json(), "coarsen_to": target,
              "initial_tries": planned_initial_tries(library, options),
