@@ -385,7 +385,8 @@ def _manifest_data(graph: GraphData, config: PartitionConfig, base: shards.PartI
         "parts": [
             {**row, "folder": shards.part_dir(".", row["part"]).name} for row in report["parts"]
         ],
-        "report": {k: report[k] for k in ("edge_cut", "balance", "phases", "seconds")},
+        "report": {k: report[k] for k in ("edge_cut", "balance", "phases", "seconds", "coarsening",
+                                          "temp_disk_bytes") if k in report},
         "versions": {n: _version(n) for n in ("distgnn", "dgl", "pymetis", "numpy", "pyarrow")},
         "command": config.command,
     }
