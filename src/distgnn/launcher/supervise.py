@@ -155,10 +155,13 @@ class Supervisor:
             for raw in iter(proc.popen.stdout.readline, b""):
                 line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
                 tail.append(line)
-                if (note := parse_announcement(line)) is not None:
-                    self._monitor.announced(proc.spec, note)
+                # Into the log before the monitor lists the endpoint: whoever reads the
+                # targets file may look for the announcement in the log (a test did, and
+                # once found the target listed but the line not yet written).
                 log.write(line + "\n")
                 log.flush()
+                if (note := parse_announcement(line)) is not None:
+                    self._monitor.announced(proc.spec, note)
                 with self._lock:
                     try:
                         self._out.write(prefix + line + "\n")
