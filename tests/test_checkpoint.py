@@ -109,7 +109,8 @@ def test_latest_pointer_names_the_newest_and_old_ones_are_pruned(tmp_path):
     for epoch in range(1, 6):
         path = save_checkpoint(tmp_path, epoch, state_of(run), keep=2)
         assert path.name == f"epoch-{epoch:05d}.pt"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-00004.pt", "epoch-00005.pt", "latest"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "epoch-00004.pt", "epoch-00004.pt.sha256", "epoch-00005.pt", "epoch-00005.pt.sha256", "latest"]
     assert (tmp_path / "latest").read_text().strip() == "epoch-00005.pt"
     assert latest_checkpoint(tmp_path) == tmp_path / "epoch-00005.pt"
     (tmp_path / "latest").unlink()  # a lost pointer falls back to the highest epoch
@@ -137,7 +138,8 @@ def test_crash_between_temp_write_and_rename_keeps_previous_latest(tmp_path):
     assert load_checkpoint(latest_checkpoint(tmp_path), model_config={})["payload"] == [1]
     # The next successful save clears the dead writer's temp file.
     save_checkpoint(tmp_path, 2, {"model_config": {}, "payload": [2]})
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-00001.pt", "epoch-00002.pt", "latest"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "epoch-00001.pt", "epoch-00001.pt.sha256", "epoch-00002.pt", "epoch-00002.pt.sha256", "latest"]
     assert load_checkpoint(latest_checkpoint(tmp_path), model_config={})["payload"] == [2]
 
 
@@ -145,7 +147,7 @@ def test_failed_write_leaves_no_temp_file_and_old_latest(tmp_path):
     save_checkpoint(tmp_path, 1, {"model_config": {}})
     with pytest.raises(AttributeError, match="pickle"):
         save_checkpoint(tmp_path, 2, {"model_config": {}, "bad": lambda: None})  # not picklable
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-00001.pt", "latest"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-00001.pt", "epoch-00001.pt.sha256", "latest"]
     assert latest_checkpoint(tmp_path) == tmp_path / "epoch-00001.pt"
 
 
@@ -190,3 +192,38 @@ def test_checkpoint_of_a_ddp_free_state_loads_into_a_fresh_model(tmp_path):
         assert torch.equal(a, b)
     assert not any(k.startswith("module.") for k in state["model"])
     assert os.path.basename(path) == "epoch-00004.pt"
+
+
+def _flip_byte(path, at: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage_it", ["flip", "truncate", "no-digest"])
+def test_a_damaged_latest_falls_back_to_the_newest_intact(tmp_path, damage_it):
+    from distgnn.trainer.checkpoint import intact_checkpoint
+
+    for epoch in (1, 2, 3):
+        save_checkpoint(tmp_path, epoch, {"model_config": {}, "payload": list(range(100 * epoch))})
+    latest = tmp_path / "epoch-00003.pt"
+    assert intact_checkpoint(tmp_path) == (latest, [])
+    if damage_it == "flip":
+        _flip_byte(latest, latest.stat().st_size // 2)
+    elif damage_it == "truncate":
+        latest.write_bytes(latest.read_bytes()[:-100])
+    else:
+        (tmp_path / "epoch-00003.pt.sha256").unlink()
+    path, notes = intact_checkpoint(tmp_path)
+    assert path == tmp_path / "epoch-00002.pt"
+    assert len(notes) == 1 and notes[0].startswith("epoch-00003.pt: ")
+    assert load_checkpoint(path, model_config={})["payload"] == list(range(200))
+
+
+def test_no_intact_checkpoint_lists_what_is_damaged(tmp_path):
+    from distgnn.trainer.checkpoint import intact_checkpoint
+
+    save_checkpoint(tmp_path, 1, {"model_config": {}})
+    _flip_byte(tmp_path / "epoch-00001.pt", 40)
+    path, notes = intact_checkpoint(tmp_path)
+    assert path is None and notes == ["epoch-00001.pt: its sha256 does not match (damaged or truncated)"]

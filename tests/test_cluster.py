@@ -119,6 +119,7 @@ def test_resume_and_predict_only(tmp_path, pubmed1):
     assert second.returncode == 0, second.stderr[-3000:]
     (log,) = runlog.read_run(only_run(tmp_path / "b"))
     assert [e.epoch for e in log.epochs] == [4, 5], "a resumed run continues after the last checkpoint"
+    assert "resumed from epoch 3 (epoch-00003.pt)" in second.stdout, second.stdout[-3000:]
     predict = short + ["--predict-only", "--predict-out", str(tmp_path / "pred")]
     third, _ = run_launch(launch(hosts, pubmed1, tmp_path / "c", "--job-id", "c", train=predict), CLUSTER_TIMEOUT_S)
     assert third.returncode == 0, third.stderr[-3000:]
@@ -260,18 +261,23 @@ def synthetic2(tmp_path_factory) -> Path:
 
 
 @pytest.mark.netns
-def test_sigkill_of_one_trainer_stops_every_host_with_root_cause(tmp_path, synthetic2, emu):
+@pytest.mark.parametrize("victim", [3, 0])
+def test_sigkill_of_one_trainer_stops_every_host_with_root_cause(tmp_path, synthetic2, emu, victim):
+    """Rank 3 (the second host's) and rank 0 (the first host's, whose death the other host's
+    trainers see as a lost connection before its own torchrun reports it)."""
     hosts, port = emu_hosts(tmp_path, emu)
     ws = tmp_path / "ws"
     argv = launch(hosts, synthetic2, ws, "--trainers-per-host", "2", *ssh_flags(emu),
                   train=["--fanouts", "5,10", "--batch-size", "64", "--hidden", "32", "--epochs", "1000",
                          "--log-every", "5"])
-    code, err, stopped_in, run, _victim = kill_while_training(argv, ws, 4, lambda _run, workers: workers[3])
+    code, err, stopped_in, run, _victim = kill_while_training(argv, ws, 4, lambda _run, workers: workers[victim])
     assert code not in (0, None), err[-2000:]
     assert stopped_in < 30, f"everything must stop within 30 s of the failure, took {stopped_in:.1f} s"
-    host1 = emu.hosts[1].address
+    host = emu.hosts[victim // 2].address
     cause = next(line for line in err.splitlines() if line.startswith("root cause:"))
-    assert host1 in cause and "trainer" in cause and "global rank 3" in cause and "SIGKILL" in cause, err[-3000:]
+    assert host in cause and "trainer" in cause and f"global rank {victim}" in cause and "SIGKILL" in cause, \
+        err[-3000:]
+    assert "after losing a peer" not in cause
     assert wait_gone(run) == []
     status = (run / "status.json").read_text()
     assert '"failed"' in status
@@ -352,3 +358,55 @@ def test_a_killed_graph_server_stops_the_run_with_it_as_root_cause(tmp_path, pub
     assert "server rank 0" in cause and "SIGKILL" in cause, err[-3000:]
     assert wait_gone(run) == []
     assert port_free("127.0.0.1", port)
+
+
+def test_sigkill_of_the_launcher_leaves_no_process_and_no_port_behind(tmp_path, pubmed1):
+    """kill -9 of a one-host launch: nothing gets to tear down, yet the graph server,
+    torchrun and its trainers must be gone within seconds (the launcher's reaper)."""
+    import psutil
+
+    hosts, port = local_hosts(tmp_path)
+    ws = tmp_path / "ws"
+    argv = launch(hosts, pubmed1, ws, "--trainers-per-host", "2",
+                  train=["--batch-size", "8", "--hidden", "16", "--epochs", "1000", "--log-every", "1"])
+
+    def launcher(_run, workers):
+        # the launch process: the parent of torchrun, the parent of the workers
+        found = psutil.Process(workers[0].pid).parent().parent()
+        assert "distgnn.launcher.cli" in found.cmdline(), found.cmdline()
+        return found
+
+    kill_while_training(argv, ws, 2, launcher)
+    run = only_run(ws)
+    left = wait_gone(run, timeout=15)
+    assert left == [], left
+    assert port_free("127.0.0.1", port)
+
+
+@pytest.fixture()
+def tiny_disk(tmp_path):
+    """A real 16 KiB file system (tmpfs): too small for one checkpoint. Root only."""
+    import os
+
+    if os.geteuid() != 0:
+        pytest.fail("this test mounts a tmpfs and needs root; CI runs as root")
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(mount)], check=True)
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def test_a_full_checkpoint_disk_is_the_root_cause_in_one_line(tmp_path, pubmed1, tiny_disk):
+    hosts, port = local_hosts(tmp_path)
+    train = ["--batch-size", "64", "--hidden", "16", "--epochs", "3", "--checkpoint-dir", str(tiny_disk)]
+    done, _ = run_launch(launch(hosts, pubmed1, tmp_path / "ws", "--trainers-per-host", "2", train=train),
+                         CLUSTER_TIMEOUT_S)
+    assert done.returncode == 1, done.stderr[-3000:]
+    lines = done.stderr.splitlines()
+    cause = next(line for line in lines if line.startswith("root cause:"))
+    assert "trainer rank 0" in cause and "global rank 0 exit code 1" in cause, done.stderr[-3000:]
+    error = lines[lines.index(cause) + 1]
+    assert error.startswith("  train: error: cannot write checkpoint of epoch 0 to ") and \
+        "No space left on device" in error, error
+    assert wait_gone(only_run(tmp_path / "ws")) == [] and port_free("127.0.0.1", port)

@@ -156,6 +156,24 @@ def test_port_in_use_is_refused_before_anything_starts(tmp_path, shards):
     assert not (tmp_path / "ws" / "runs").exists()
 
 
+@pytest.mark.parametrize("train, needle", [
+    (["--fanouts", "10,x"], "--fanouts"), (["--batch-size", "0"], "--batch-size 0"), (["--lr", "-1"], "--lr"),
+    (["--dropout", "1.5"], "--dropout"), (["--bogus"], "unrecognized arguments: --bogus"),
+    (["--precision", "fp16"], "--precision fp16 needs a GPU"), (["--epochs", "0"], "--epochs 0"),
+])
+def test_bad_train_options_are_refused_before_anything_starts(tmp_path, shards, train, needle):
+    hosts, _port = local_hosts(tmp_path)
+    # the real trainer (launch_argv injects a stand-in, whose options are not checked)
+    argv = [*LAUNCH, "--hosts", str(hosts), "--shards", str(shards[1]), "--workspace", str(tmp_path / "ws"),
+            "--metrics-port", "0", "--", "train", *train]
+    done, took = run_launch(argv, 60)
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("launch: error: train options: ") and needle in line, line
+    assert not (tmp_path / "ws" / "runs").exists()  # nothing started
+    assert took < 10  # a second or two here; a started server alone takes longer
+
+
 def test_gpus_per_host_beyond_the_host_is_refused(tmp_path, shards):
     hosts, _ = local_hosts(tmp_path)
     done, _ = run_launch(launch_argv(hosts, shards[1], tmp_path / "ws", "--gpus-per-host", "64", train=[]))

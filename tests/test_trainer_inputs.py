@@ -53,6 +53,15 @@ def test_malformed_fanouts(shards, ip1, fanouts):
     assert_one_line_error(proc, "--fanouts")
 
 
+@pytest.mark.parametrize("args, needle", [
+    (["--epochs", "0"], "--epochs 0"), (["--bogus", "3"], "unrecognized arguments: --bogus"),
+    (["--hidden", "many"], "--hidden"),
+])
+def test_usage_errors_are_one_line_and_exit_2(shards, ip1, args, needle):
+    proc = run_train(["--shards", shards, "--ip-config", ip1, *args])
+    assert_one_line_error(proc, needle)
+
+
 def test_batch_size_below_one(shards, ip1):
     proc = run_train(["--shards", shards, "--ip-config", ip1, "--batch-size", "0"])
     assert_one_line_error(proc, "--batch-size")
@@ -71,6 +80,16 @@ def test_fp16_on_cpu(shards, ip1):
 def test_resume_without_checkpoint(shards, ip1, tmp_path):
     proc = run_train(["--shards", shards, "--ip-config", ip1, "--resume", "--checkpoint-dir", tmp_path / "ck"])
     assert_one_line_error(proc, "--resume", "no complete checkpoint")
+
+
+def test_resume_with_only_a_damaged_checkpoint(shards, ip1, tmp_path):
+    ckdir = tmp_path / "ck"
+    path = save_checkpoint(ckdir, 0, {"model_config": {}, "model": {}})
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one flipped bit
+    path.write_bytes(bytes(data))
+    proc = run_train(["--shards", shards, "--ip-config", ip1, "--resume", "--checkpoint-dir", ckdir])
+    assert_one_line_error(proc, "--resume", "no complete checkpoint", "epoch-00000.pt: its sha256 does not match")
 
 
 def test_resume_from_other_model_config(shards, ip1, tmp_path):
@@ -133,3 +152,22 @@ def test_server_wrong_checksum(shards, ip1, tmp_path):
     proc = run_server(["--shards", broken, "--part", "0", "--ip-config", ip1, "--num-clients", "1",
                        "--cache-dir", tmp_path / "cache", "--metrics-port", "0"])
     assert_one_line_error(proc, "edges.parquet", "checksum")
+
+
+@pytest.mark.parametrize("name", ["halo.parquet", "nodes.parquet"])
+def test_server_with_a_deleted_shard_file_names_it(shards, ip1, tmp_path, name):
+    broken = tmp_path / "broken"
+    subprocess.run(["cp", "-r", shards, broken], check=True)
+    (broken / "part-00000" / name).unlink()
+    proc = run_server(["--shards", broken, "--part", "0", "--ip-config", ip1, "--num-clients", "1",
+                       "--cache-dir", tmp_path / "cache", "--metrics-port", "0"])
+    assert_one_line_error(proc, f"part-00000/{name}: missing shard file")
+
+
+def test_train_by_hand_without_graph_servers_gives_up_in_one_line(shards, ip1):
+    proc = run_train(["--shards", shards, "--ip-config", ip1, "--metrics-port", "0"])
+    assert proc.returncode == 1, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("train: error: ")]
+    assert errors == [f"train: error: cannot reach the graph servers of {ip1} (127.0.0.1) after 1 tries "
+                      "3 s apart: start them first (`launch` does), or check the addresses"], proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -20,3 +20,8 @@ class ProcessLost(RuntimeError):
     Not bad input: the CLI prints the one-line message (`train: error: <message>`) and exits
     with 1 at once, instead of waiting on a peer that will never answer.
     """
+
+
+class RunFailure(RuntimeError):
+    """This process cannot go on for a reason outside the user's input (a full disk while
+    writing a checkpoint, for one): one line (`train: error: <message>`), exit code 1."""

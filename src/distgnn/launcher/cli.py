@@ -73,12 +73,28 @@ def split_train_command(argv: list[str]) -> tuple[list[str], list[str]]:
     return argv[:split], command[1:]
 
 
+def check_train_command(ns: argparse.Namespace, train_args: list[str]) -> None:
+    """Bad train options end the launch here, in a second, with the flag named: found by
+    the trainers they would cost a graph server and torchrun start-up first."""
+    from distgnn.trainer.config import check_train_args
+
+    given = [*train_args]
+    # what the launcher itself adds to every trainer's command (plan._trainer_group)
+    placed = ["--shards", str(ns.shards), "--ip-config", str(ns.hosts)]
+    try:
+        check_train_args([*placed, *given], on_gpu=ns.gpus_per_host > 0)
+    except InputError as err:
+        raise InputError(f"train options: {err}") from None
+
+
 def config_from_args(argv: list[str]) -> LaunchConfig:
     options, train_args = split_train_command(argv)
     ns = build_parser().parse_args(options)
     extra = {}
     if ns.trainer_module:
         extra["trainer_module"] = ns.trainer_module
+    else:
+        check_train_command(ns, train_args)
     if ns.server_module:
         extra["server_module"] = ns.server_module
     return LaunchConfig(

@@ -49,10 +49,47 @@ def _killpg(pgid: int, sig: int) -> None:
         pass
 
 
+class Reaper:
+    """The launcher's end of distgnn.launcher.reaper: one per launcher process, started
+    with the first local process; it lists every local process group so that they are
+    stopped even when the launcher is killed with SIGKILL."""
+
+    _instance: "Reaper | None" = None
+
+    def __init__(self, grace_s: float) -> None:
+        import sys
+
+        self._popen = subprocess.Popen(
+            [sys.executable, "-m", "distgnn.launcher.reaper", "--grace", str(grace_s)],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True, text=True,
+        )
+
+    @classmethod
+    def shared(cls, grace_s: float = 5.0) -> "Reaper":
+        if cls._instance is None or cls._instance._popen.poll() is not None:
+            cls._instance = cls(grace_s)
+        return cls._instance
+
+    def _send(self, line: str) -> None:
+        try:
+            self._popen.stdin.write(line + "\n")
+            self._popen.stdin.flush()
+        except (OSError, ValueError):
+            pass  # a dead reaper only loses the safety net
+
+    def watch(self, pgid: int) -> None:
+        self._send(f"+{pgid}")
+
+    def forget(self, pgid: int) -> None:
+        self._send(f"-{pgid}")
+
+
 @dataclass
 class LocalProcess:
     spec: ProcessSpec
     popen: subprocess.Popen
+    reaper: Reaper | None = None
 
     def terminate(self) -> None:
         _killpg(self.popen.pid, signal.SIGTERM)
@@ -63,15 +100,20 @@ class LocalProcess:
     def sweep(self) -> None:
         # The leader may be gone while re-parented members of its group live on.
         _killpg(self.popen.pid, signal.SIGKILL)
+        if self.reaper is not None:
+            self.reaper.forget(self.popen.pid)
 
 
 @dataclass
 class LocalRunner:
-    """Runs on this machine: subprocess in a new session, killed by process group."""
+    """Runs on this machine: subprocess in a new session, killed by process group; every
+    group is listed with the Reaper, which stops it if the launcher dies first."""
 
     host: str = "localhost"
+    reaper_grace_s: float = 5.0
 
     def start(self, spec: ProcessSpec) -> LocalProcess:
+        reaper = Reaper.shared(self.reaper_grace_s)
         popen = subprocess.Popen(
             spec.argv,
             env={**os.environ, **spec.env},
@@ -80,7 +122,8 @@ class LocalRunner:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        return LocalProcess(spec, popen)
+        reaper.watch(popen.pid)
+        return LocalProcess(spec, popen, reaper)
 
     def capture(self, argv: list[str], *, timeout: float) -> subprocess.CompletedProcess:
         return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)

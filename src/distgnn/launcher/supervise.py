@@ -115,6 +115,7 @@ class Supervisor:
         server_linger_s: float,
         poll_s: float = 0.1,
         settle_s: float = 3.0,
+        peer_settle_s: float = 10.0,
         monitor: RunMonitor | NullMonitor = NULL_MONITOR,
     ) -> None:
         self._out = out
@@ -131,6 +132,7 @@ class Supervisor:
         # the teardown: a SIGKILLed trainer's torchrun reports it a second or two after its
         # peers have already died of the lost connection, and the kill is the root cause.
         self.settle_s = settle_s
+        self.peer_settle_s = peer_settle_s
         self.started = time.time()
 
     def add(self, proc: Running) -> None:
@@ -202,6 +204,7 @@ class Supervisor:
         trainers = [w for w in self._watched if w.proc.spec.role == "trainer"]
         linger_until: float | None = None
         settle_until: float | None = None
+        first_failure = 0.0
         while True:
             for w in self._poll():
                 failure = w.exit_code != 0 and not self._stop.is_set()
@@ -209,7 +212,13 @@ class Supervisor:
                 if failure:
                     failed.append(w)
             if failed and settle_until is None:
-                settle_until = time.monotonic() + self.settle_s
+                first_failure = time.monotonic()
+                settle_until = first_failure + self.settle_s
+            if failed and settle_until is not None and all(self._failure(w).lost_peer for w in failed):
+                # Only peers of the real failure have ended so far (a killed rank 0's torchrun
+                # can report it after the other host's trainers lost the connection): wait for
+                # the cause a while longer, so that it is the one reported.
+                settle_until = max(settle_until, first_failure + self.peer_settle_s)
             if failed and (time.monotonic() >= settle_until or all(w.ended_at is not None for w in self._watched)):
                 self._stop_reason = self._stop_reason or f"{failed[0].proc.spec.label} failed"
                 return "failed"

@@ -187,7 +187,10 @@ def _stamp(part_folder: Path) -> dict:
     info = shards.read_part_info(part_folder)
     stat = {}
     for name in (shards.PART_INFO, *shards.PART_FILES):
-        st = (part_folder / name).stat()
+        try:
+            st = (part_folder / name).stat()
+        except FileNotFoundError:
+            raise ShardError(f"{part_folder / name}: missing shard file") from None
         stat[name] = [st.st_size, st.st_mtime_ns]
     return {
         "format_version": shards.FORMAT_VERSION,

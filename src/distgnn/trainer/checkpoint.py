@@ -1,8 +1,11 @@
 """Training checkpoints: the only reader and writer of CKPT_DIR/epoch-NNNNN.pt and CKPT_DIR/latest.
 
 A checkpoint is written to a temporary file in the same folder, fsynced and
-renamed into place, and only then does `latest` move to it, so a crash at any
-moment leaves the previous checkpoint complete and named by `latest`.
+renamed into place; then its sha256 goes to epoch-NNNNN.pt.sha256 (the same way),
+and only then does `latest` move to it, so a crash at any moment leaves the
+previous checkpoint complete and named by `latest`. A resume reads the newest
+checkpoint whose bytes match its digest: a flipped byte, a truncated file or a
+missing digest make a checkpoint damaged, and the one before it is used instead.
 Files are loaded with torch.load(weights_only=True): everything stored is
 tensors, numbers, strings, lists and dicts, so a checkpoint cannot run code.
 """
@@ -26,6 +29,7 @@ FORMAT = "distgnn-checkpoint"
 VERSION = 1
 LATEST = "latest"
 _NAME = re.compile(r"^epoch-(\d{5,})\.pt$")
+DIGEST_SUFFIX = ".sha256"
 
 
 def checkpoint_name(epoch: int) -> str:
@@ -56,10 +60,59 @@ def save_checkpoint(ckpt_dir: str | os.PathLike[str], epoch: int, state: dict[st
     payload = {**state, "format": FORMAT, "version": VERSION, "epoch": int(epoch)}
     name = checkpoint_name(epoch)
     path = atomic_write(folder / name, lambda f: torch.save(payload, f), durable=True)
+    atomic_write_text(_digest_path(path), f"{_sha256(path)}\n", durable=True)
     atomic_write_text(folder / LATEST, f"{name}\n", durable=True)
     for _, old in _checkpoints(folder)[:-keep]:
         old.unlink(missing_ok=True)
+        _digest_path(old).unlink(missing_ok=True)
     return path
+
+
+def _digest_path(path: Path) -> Path:
+    return path.with_name(path.name + DIGEST_SUFFIX)
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def damage(path: Path) -> str | None:
+    """Why a checkpoint file cannot be trusted (None: its bytes match its digest)."""
+    digest = _digest_path(path)
+    if not digest.is_file():
+        return f"no {digest.name} beside it"
+    try:
+        expected = digest.read_text().strip()
+        actual = _sha256(path)
+    except OSError as err:
+        return f"unreadable ({err.strerror})"
+    return None if actual == expected else "its sha256 does not match (damaged or truncated)"
+
+
+def intact_checkpoint(ckpt_dir: str | os.PathLike[str]) -> tuple[Path | None, list[str]]:
+    """The newest checkpoint whose bytes match its digest, and a note for each newer one
+    passed over as damaged. (None, notes) when none is intact."""
+    folder = Path(ckpt_dir)
+    if not folder.is_dir():
+        return None, []
+    notes = []
+    newest = latest_checkpoint(folder)
+    candidates = [p for _, p in reversed(_checkpoints(folder))]
+    if newest is not None and newest in candidates:  # `latest` first, then older ones
+        candidates.remove(newest)
+        candidates.insert(0, newest)
+    for path in candidates:
+        why = damage(path)
+        if why is None:
+            return path, notes
+        notes.append(f"{path.name}: {why}")
+    return None, notes
 
 
 def latest_checkpoint(ckpt_dir: str | os.PathLike[str]) -> Path | None:

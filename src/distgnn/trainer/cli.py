@@ -12,7 +12,7 @@ import os
 import sys
 import traceback
 
-from distgnn.errors import InputError, ProcessLost
+from distgnn.errors import InputError, ProcessLost, RunFailure
 from distgnn.runlog import write_line
 
 
@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     from distgnn.trainer.config import config_from_args
 
     try:
-        cfg = config_from_args(argv)
+        cfg = config_from_args(argv, raising=True)  # usage errors too: one line, exit 2
     except InputError as err:
         _error(err)
         return 2
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as err:
         _error(err)
         _leave(2)
-    except ProcessLost as err:
+    except (ProcessLost, RunFailure) as err:
         _error(err)
         _leave(1)
     except BaseException:  # noqa: BLE001 - any failure must end the process, not hang it

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from distgnn.errors import InputError
+from distgnn.errors import InputError, RunFailure
 from distgnn.trainer.config import TrainConfig
 
 
@@ -138,7 +138,13 @@ def connect(cfg: TrainConfig, facts: GraphFacts) -> Cluster:
     os.environ.setdefault("DGL_DIST_MAX_TRY_TIMES", "60")
     from distgnn.ip_config import dgl_readable
 
-    dgl.distributed.initialize(str(dgl_readable(cfg.ip_config)))
+    try:
+        dgl.distributed.initialize(str(dgl_readable(cfg.ip_config)))
+    except dgl.distributed.rpc.DistConnectError:
+        tries = os.environ["DGL_DIST_MAX_TRY_TIMES"]
+        servers = ", ".join(facts.hosts)
+        raise RunFailure(f"cannot reach the graph servers of {cfg.ip_config} ({servers}) after {tries} tries "
+                         "3 s apart: start them first (`launch` does), or check the addresses") from None
     from distgnn.trainer.sampler_watch import watch_sampler_pool
 
     watch_sampler_pool()

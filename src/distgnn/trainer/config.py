@@ -94,8 +94,8 @@ class TrainConfig:
         self.ip_config = Path(self.ip_config)
         if self.batch_size < 1:
             raise InputError(f"--batch-size {self.batch_size}: must be at least 1")
-        if self.epochs < 0:
-            raise InputError(f"--epochs {self.epochs}: must be at least 0")
+        if self.epochs < 1 and not self.predict_only:
+            raise InputError(f"--epochs {self.epochs}: must be at least 1 (use --predict-only to only predict)")
         if self.hidden < 1:
             raise InputError(f"--hidden {self.hidden}: must be at least 1")
         if not 0.0 <= self.dropout < 1.0:
@@ -149,8 +149,16 @@ class TrainConfig:
         return out
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+class _RaisingParser(argparse.ArgumentParser):
+    """argparse that raises InputError (one line) instead of printing usage and exiting:
+    `launch` checks a train command with it before anything starts."""
+
+    def error(self, message: str):
+        raise InputError(message)
+
+
+def build_parser(raising: bool = False) -> argparse.ArgumentParser:
+    p = (_RaisingParser if raising else argparse.ArgumentParser)(
         prog="train",
         description="Distributed GraphSAGE trainer; run one per device under torchrun (`launch` does this for you).",
     )
@@ -194,9 +202,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def config_from_args(argv: list[str] | None = None) -> TrainConfig:
+def check_train_args(argv: list[str], *, on_gpu: bool) -> TrainConfig:
+    """The train command as `launch` will run it, checked with the trainer's own parser and
+    config: every bad option is an InputError before any process starts."""
+    cfg = config_from_args(argv, raising=True)
+    if cfg.precision == "fp16" and not on_gpu:
+        raise InputError("--precision fp16 needs a GPU (launch with --gpus-per-host N), or use bf16 or fp32")
+    return cfg
+
+
+def config_from_args(argv: list[str] | None = None, raising: bool = False) -> TrainConfig:
     """The only place that turns command-line arguments into a TrainConfig."""
-    ns = build_parser().parse_args(argv)
+    ns = build_parser(raising).parse_args(argv)
     return TrainConfig(
         shards=ns.shards,
         ip_config=ns.ip_config,

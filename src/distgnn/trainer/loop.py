@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from distgnn.metrics import PHASES as METRIC_PHASES
+from distgnn.errors import RunFailure
 from distgnn.trainer import checkpoint as ckpt
 from distgnn.trainer import local_sampling
 from distgnn.trainer import step as steps
@@ -120,6 +121,8 @@ class Trainer:
             rank=self.cluster.rank,
         )
         self.progress = Progress(**progress)
+        what = "resumed" if self.cfg.resume else "predicting"
+        self.log.message(f"{what} from epoch {state['epoch']} ({path.name})")
 
     def save(self) -> None:
         if self.cfg.checkpoint_dir is None:  # the same on every rank: no one enters the gather
@@ -134,7 +137,12 @@ class Trainer:
             model_config=self.model.config(), train_config=self.cfg.to_json(),
             progress=dataclasses.asdict(self.progress), rng=rngs,
         )
-        ckpt.save_checkpoint(self.cfg.checkpoint_dir, self.progress.epoch, state)
+        try:
+            ckpt.save_checkpoint(self.cfg.checkpoint_dir, self.progress.epoch, state)
+        except OSError as err:  # a full or read-only disk: say so in one line, as the first failure
+            where = err.filename or self.cfg.checkpoint_dir
+            raise RunFailure(f"cannot write checkpoint of epoch {self.progress.epoch} to {where}: "
+                             f"{err.strerror or err}") from None
 
     # -- training ----------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from pathlib import Path
 
 import torch.distributed as dist
@@ -21,13 +22,17 @@ def _world_size() -> int:
 def check_checkpoint(cfg: TrainConfig, facts) -> Path:
     """The checkpoint to resume from; a missing or incompatible one is refused before
     connecting to anything."""
-    from distgnn.trainer.checkpoint import latest_checkpoint, load_checkpoint
+    from distgnn.runlog import write_line
+    from distgnn.trainer.checkpoint import intact_checkpoint, load_checkpoint
     from distgnn.trainer.model import ModelConfig
 
     flag = "--resume" if cfg.resume else "--predict-only"
-    path = latest_checkpoint(cfg.checkpoint_dir)
+    path, damaged = intact_checkpoint(cfg.checkpoint_dir)
     if path is None:
-        raise InputError(f"{flag}: no complete checkpoint in {cfg.checkpoint_dir}")
+        why = f" (damaged: {'; '.join(damaged)})" if damaged else ""
+        raise InputError(f"{flag}: no complete checkpoint in {cfg.checkpoint_dir}{why}")
+    if damaged:
+        write_line(sys.stderr, f"train: {flag}: passing over {'; '.join(damaged)}; using {path.name}")
     expected = ModelConfig(
         in_dim=facts.feat_dim, hidden=cfg.hidden, num_classes=facts.num_classes,
         num_layers=cfg.num_layers, dropout=float(cfg.dropout), feature_norm=cfg.feature_norm,

@@ -144,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as err:
         print(f"distgnn-server: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a shard or cache file that cannot be read or written
+        print(f"distgnn-server: error: {err.filename or 'a shard file'}: {err.strerror or err}", file=sys.stderr)
+        return 2
     serve(cfg, part_config, host)
     return 0
 
