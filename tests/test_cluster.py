@@ -226,7 +226,7 @@ def wait_for(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def kill_while_training(argv: list[str], ws: Path, trainers: int, victim_of):
+def kill_while_training(argv: list[str], ws: Path, trainers: int, victim_of, sig=None):
     """Launch argv, wait until its `trainers` trainers log training steps, SIGKILL the process
     `victim_of(run folder, trainers by global rank)` picks, and wait for launch to end.
     Returns (launch's exit code, its stderr, seconds from the kill to its end, run folder, victim)."""
@@ -242,7 +242,7 @@ def kill_while_training(argv: list[str], ws: Path, trainers: int, victim_of):
         wait_for(lambda: any(runlog.read_rank_log(p).steps for p in (run / "logs").glob("rank-*.jsonl")),
                  120, "training steps in the run log")
         victim = victim_of(run, workers)
-        victim.send_signal(signal.SIGKILL)
+        victim.send_signal(signal.SIGKILL if sig is None else sig)
         killed_at = time.monotonic()
         _out, err = proc.communicate(timeout=90)
         return proc.returncode, err, time.monotonic() - killed_at, run, victim
@@ -410,3 +410,48 @@ def test_a_full_checkpoint_disk_is_the_root_cause_in_one_line(tmp_path, pubmed1,
     assert error.startswith("  train: error: cannot write checkpoint of epoch 0 to ") and \
         "No space left on device" in error, error
     assert wait_gone(only_run(tmp_path / "ws")) == [] and port_free("127.0.0.1", port)
+
+
+def test_a_stopped_trainer_ends_the_job_as_hung_within_the_timeout(tmp_path, pubmed1):
+    """SIGSTOP: the trainer neither fails nor exits; only its silence tells."""
+    import signal
+
+    hosts, port = local_hosts(tmp_path)
+    ws = tmp_path / "ws"
+    argv = launch(hosts, pubmed1, ws, "--trainers-per-host", "2", "--hang-timeout", "8",
+                  train=["--batch-size", "8", "--hidden", "16", "--epochs", "1000", "--log-every", "1"])
+    code, err, stopped_in, run, _victim = kill_while_training(argv, ws, 2, lambda _run, workers: workers[1],
+                                                              sig=signal.SIGSTOP)
+    assert code == 1, err[-3000:]
+    assert stopped_in < 8 + 12, f"the job must end within the hang timeout (8 s) and a stop, took {stopped_in:.1f} s"
+    cause = next(line for line in err.splitlines() if line.startswith("root cause:"))
+    assert "trainer" in cause and "stopped making progress: global rank 1: no heartbeat for" in cause, err[-3000:]
+    assert wait_gone(run) == [] and port_free("127.0.0.1", port)
+
+
+@pytest.mark.netns
+def test_a_killed_remote_exec_wrapper_ends_the_job_naming_the_server(tmp_path, synthetic2, emu):
+    """The wrapper that stops a remote server when ssh goes away is killed: the server must
+    not live on unsupervised (it would keep the ssh session open and the job training)."""
+    import psutil
+
+    hosts, port = emu_hosts(tmp_path, emu)
+    ws = tmp_path / "ws"
+    argv = launch(hosts, synthetic2, ws, "--trainers-per-host", "1", "--hang-timeout", "15", *ssh_flags(emu),
+                  train=["--fanouts", "5,10", "--batch-size", "64", "--hidden", "32", "--epochs", "1000",
+                         "--log-every", "5"])
+
+    def wrapper(run, _workers):
+        found = [p for p in psutil.process_iter(["cmdline"])
+                 if "distgnn.launcher.remote_exec" in (cmd := p.info["cmdline"] or [])
+                 and "distgnn.trainer.server" in cmd and str(run) in " ".join(cmd)
+                 and emu.hosts[1].address in " ".join(cmd)]
+        assert len(found) == 1, found
+        return found[0]
+
+    code, err, stopped_in, run, _victim = kill_while_training(argv, ws, 2, wrapper)
+    assert code == 1, err[-3000:]
+    assert stopped_in < 30, f"the job must end within seconds, took {stopped_in:.1f} s"
+    cause = next(line for line in err.splitlines() if line.startswith("root cause:"))
+    assert emu.hosts[1].address in cause and "server" in cause, err[-3000:]
+    assert wait_gone(run) == []

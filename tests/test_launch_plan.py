@@ -151,7 +151,10 @@ def _args(*extra: str) -> list[str]:
 
 
 def test_cli_splits_train_arguments_untouched():
-    argv = ["--hosts", "ip.txt", "--shards", "s", "--env", "A=1=2", "--", "train", "--", "x y", "--hosts"]
+    # an injected trainer's arguments are its own (the real trainer's are checked, see
+    # test_launch_runner's bad-train-options test)
+    argv = ["--hosts", "ip.txt", "--shards", "s", "--env", "A=1=2", "--trainer-module", "my_trainer",
+            "--", "train", "--", "x y", "--hosts"]
     cfg = config_from_args(argv)
     assert cfg.train_args == ["--", "x y", "--hosts"]
     assert cfg.env == {"A": "1=2"}

@@ -61,3 +61,79 @@ def test_a_workers_one_line_error_leads_the_report_even_above_a_peers_traceback(
     report = format_report(RunResult(status="failed", failures=[cause]), "/run").splitlines()
     assert report[0].startswith("root cause: host h trainer rank 0: exit code 1")
     assert report[1] == "  " + group[1]
+
+
+def _beating(tmp_path, role: str, rank: int, *, ticks_for: float, label: str):
+    """A real local process that heartbeats (as a launched server or trainer does) and counts
+    batches for `ticks_for` seconds, then only heartbeats."""
+    import sys
+
+    from distgnn.launcher.plan import ProcessSpec
+
+    code = ("import time; from distgnn import heartbeat; heartbeat.start(%r, %d); t = time.monotonic()\n"
+            "while True:\n"
+            "    if time.monotonic() - t < %r: heartbeat.tick()\n"
+            "    time.sleep(0.05)\n") % (role, rank, ticks_for)
+    return ProcessSpec(host="127.0.0.1", host_index=0, role=role, rank=0 if role == "trainer" else rank,
+                       argv=[sys.executable, "-c", code], env={"DISTGNN_HEARTBEAT_S": "0.2"},
+                       log_path=tmp_path / f"{label}.log", local=True, ports=[])
+
+
+def _supervise(specs, hang_timeout_s: float, during=None):
+    import io
+    import threading
+
+    from distgnn.launcher.runner import LocalRunner
+    from distgnn.launcher.supervise import Supervisor
+
+    sup = Supervisor(io.StringIO(), stop_grace_s=1.0, server_linger_s=0.0, hang_timeout_s=hang_timeout_s,
+                     settle_s=0.5)
+    started = [LocalRunner(host="127.0.0.1").start(spec) for spec in specs]
+    for proc in started:
+        sup.add(proc)
+    if during is not None:
+        threading.Timer(1.0, during, args=(started,)).start()
+    return sup.run(), started
+
+
+def test_a_stopped_process_is_found_by_its_silence_and_named(tmp_path):
+    import os
+    import signal
+    import time
+
+    from distgnn.launcher.supervise import format_report
+
+    stopped_at = {}
+
+    def stop_trainer(started):
+        stopped_at["t"] = time.monotonic()
+        os.kill(started[1].popen.pid, signal.SIGSTOP)
+
+    specs = [_beating(tmp_path, "server", 0, ticks_for=0, label="server"),
+             _beating(tmp_path, "trainer", 3, ticks_for=1e9, label="trainer")]
+    result, started = _supervise(specs, hang_timeout_s=2.0, during=stop_trainer)
+    took = time.monotonic() - stopped_at["t"]
+    assert result.status == "failed"
+    cause = result.root_cause
+    assert cause.role == "trainer" and cause.hang.startswith("global rank 3: no heartbeat for ")
+    assert "stopped making progress" in format_report(result, "/run").splitlines()[0]
+    assert took < 2.0 + 1.0 + 3.0, f"judged and stopped {took:.1f} s after SIGSTOP"
+    assert all(p.popen.poll() is not None for p in started)  # the stopped one was killed too
+
+
+def test_a_trainer_whose_batches_stop_is_hung_though_it_still_beats(tmp_path):
+    specs = [_beating(tmp_path, "server", 0, ticks_for=0, label="server"),
+             _beating(tmp_path, "trainer", 1, ticks_for=0.5, label="trainer")]
+    result, _started = _supervise(specs, hang_timeout_s=2.0)
+    assert result.status == "failed"
+    assert result.root_cause.role == "trainer"
+    assert result.root_cause.hang.startswith("global rank 1: no training or evaluation batch for ")
+
+
+def test_heartbeat_lines_are_found_even_inside_other_output():
+    from distgnn.heartbeat import Heartbeat, format_heartbeat, split_heartbeat
+
+    line = format_heartbeat("trainer", 2, 40)
+    assert split_heartbeat(line) == (Heartbeat("trainer", 2, 40), "")
+    assert split_heartbeat("epoch 3 lo" + line) == (Heartbeat("trainer", 2, 40), "epoch 3 lo")
+    assert split_heartbeat("plain") == (None, "plain")

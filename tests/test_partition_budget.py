@@ -302,3 +302,19 @@ def test_a_temporary_disk_too_small_is_refused_before_anything_is_written(tmp_pa
     proc = _run("--graph", PUBMED, "--num-parts", 2, "--out", tmp_path / "out", "--memory-budget", "180MiB",
                 "--tmp-dir", small_disk, "--dry-run")
     _one_line_error(proc, str(small_disk))
+
+
+def test_shards_onto_a_full_disk_are_refused_in_one_line(tmp_path, small_disk):
+    proc = _run("--graph", PUBMED, "--num-parts", 2, "--out", small_disk / "out")
+    _one_line_error(proc, str(small_disk), "free, the run needs about")
+    assert list(small_disk.iterdir()) == []
+
+
+def test_a_disk_that_fills_up_while_writing_shards_is_one_line(tmp_path, small_disk, monkeypatch):
+    """The free-space check passed (estimates can be low), then the disk filled: one line, nothing left."""
+    from distgnn.partition import run as run_module
+
+    monkeypatch.setattr(run_module, "check_disk_space", lambda *_args: None)
+    with pytest.raises(InputError, match=r"no space left on the device of --out while writing"):
+        _part(PUBMED, small_disk / "out", 2)
+    assert list(small_disk.iterdir()) == []

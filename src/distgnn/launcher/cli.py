@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     # For launcher tests: run a tiny worker instead of the real server and trainer, stop faster.
     p.add_argument("--trainer-module", default=None, help=argparse.SUPPRESS)
     p.add_argument("--server-module", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--hang-timeout", type=float, default=300.0, metavar="S",
+                   help="end the job when a process sends no heartbeat, or a trainer trains or evaluates no "
+                        "batch, for S seconds (default 300; 0: off)")
     p.add_argument("--stop-grace", type=float, default=10.0, help=argparse.SUPPRESS)
     p.add_argument("--server-linger", type=float, default=15.0, help=argparse.SUPPRESS)
     return p
@@ -124,6 +127,7 @@ def config_from_args(argv: list[str]) -> LaunchConfig:
         dry_run=ns.dry_run,
         stop_grace_s=ns.stop_grace,
         server_linger_s=ns.server_linger,
+        hang_timeout_s=ns.hang_timeout,
         **extra,
     )
 

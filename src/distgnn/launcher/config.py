@@ -77,6 +77,9 @@ class LaunchConfig:
     """Seconds between SIGTERM and SIGKILL when stopping processes."""
     server_linger_s: float = 15.0
     """After the trainers succeed, how long servers may take to exit on their own."""
+    hang_timeout_s: float = 300.0
+    """A process silent (no heartbeat), or a trainer without a batch, for this long ends the
+    job as hung; 0 turns the watch off."""
     trainer_module: str = DEFAULT_TRAINER_MODULE
     """Module torchrun runs on every trainer (replaceable for launcher tests)."""
     server_module: str = DEFAULT_SERVER_MODULE
@@ -96,6 +99,13 @@ class LaunchConfig:
             raise InputError(f"stop grace {self.stop_grace_s}: must be in (0, 20] s so a stop stays under 30 s")
         if self.server_linger_s < 0:
             raise InputError(f"server linger {self.server_linger_s}: must be at least 0")
+        if self.hang_timeout_s < 0 or 0 < self.hang_timeout_s < 2:
+            raise InputError(f"--hang-timeout {self.hang_timeout_s:g}: must be 0 (off) or at least 2 s")
+
+    @property
+    def heartbeat_s(self) -> float:
+        """How often each process reports: several beats fit in one timeout."""
+        return 0.0 if not self.hang_timeout_s else min(10.0, max(0.5, self.hang_timeout_s / 6))
 
     def _check_counts(self) -> None:
         for flag, value, low in (

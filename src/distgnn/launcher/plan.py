@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from distgnn.errors import InputError
+from distgnn.heartbeat import ENV as HEARTBEAT_ENV
 from distgnn.ip_config import HostEntry, is_local
 from distgnn.launcher import rundir
 from distgnn.launcher.config import LaunchConfig, TCMALLOC
@@ -70,6 +71,8 @@ class RunPlan:
     processes: list[ProcessSpec]
     metrics_port: int | str = 0
     """Base /metrics port (the launcher's own), 0 off, 'auto' (ports known only once processes run)."""
+    hang_timeout_s: float = 0.0
+    """--hang-timeout (0: no liveness watch)."""
 
     def on_host(self, host_index: int) -> list[ProcessSpec]:
         return [p for p in self.processes if p.host_index == host_index]
@@ -122,6 +125,7 @@ def plan_run(
         master_port=cfg.master_port,
         processes=[],
         metrics_port=cfg.metrics_port,
+        hang_timeout_s=cfg.hang_timeout_s,
     )
     env = _base_env(cfg, cpu_count)
     for index, entry in enumerate(hosts):
@@ -153,6 +157,8 @@ def _base_env(cfg: LaunchConfig, cpu_count: int) -> dict[str, str]:
         # DGL's default (1024 tries, 3 s apart) keeps a trainer waiting ~51 min for a dead server.
         "DGL_DIST_MAX_TRY_TIMES": str(cfg.dgl_max_try_times),
     }
+    if cfg.heartbeat_s:
+        env[HEARTBEAT_ENV] = f"{cfg.heartbeat_s:g}"
     if cfg.allocator == "tcmalloc":
         env["LD_PRELOAD"] = TCMALLOC  # the preflight checked every host has it
     return env
@@ -256,6 +262,11 @@ def format_plan(plan: RunPlan) -> str:
         f"rendezvous {plan.master_addr}:{plan.master_port}; shards "
         + (f"{plan.shards_source} staged to {plan.shards_path}" if plan.stage_shards else str(plan.shards_path)),
     ]
+    if plan.hang_timeout_s:
+        lines.append(f"liveness: a process silent, or a trainer without a batch, for {plan.hang_timeout_s:g} s "
+                     "ends the job (--hang-timeout)")
+    else:
+        lines.append("liveness: no hang watch (--hang-timeout 0)")
     if plan.metrics_port:
         lines.append(f"metrics: base port {plan.metrics_port} (the launcher's), targets {file_sd_path(plan.run_dir)}")
     for index, entry in enumerate(plan.hosts):

@@ -8,6 +8,10 @@ does close this wrapper's stdin: on EOF (or SIGHUP/SIGTERM/SIGINT) the wrapper s
 SIGTERM to the command's whole process group, SIGKILL after the grace period, and exits.
 After the command ends, leftover members of its group (e.g. orphaned sampler processes)
 are killed too. The exit status is the command's, or 128+N when signal N ended it.
+
+If the wrapper itself is killed (SIGKILL included), the kernel sends the command SIGTERM
+(PR_SET_PDEATHSIG): left running, it would keep the ssh session open through its
+inherited stdout, and the launcher could neither see nor stop it.
 """
 
 from __future__ import annotations
@@ -49,6 +53,18 @@ def _kill_group(pgid: int, sig: int) -> None:
         pass
 
 
+def _term_with_parent(parent: int):
+    """preexec_fn: SIGTERM to the command when this wrapper ends (runs before any thread)."""
+    def arm() -> None:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the wrapper died before the request took effect
+            os._exit(1)
+    return arm
+
+
 def _watch_stdin(stop: threading.Event) -> None:
     # os.read, not sys.stdin: a daemon thread blocked inside the buffered reader's lock
     # aborts the interpreter at exit.
@@ -66,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        child = subprocess.Popen(command, env={**os.environ, **env}, stdin=subprocess.DEVNULL, start_new_session=True)
+        child = subprocess.Popen(command, env={**os.environ, **env}, stdin=subprocess.DEVNULL, start_new_session=True,
+                                 preexec_fn=_term_with_parent(os.getpid()))
     except OSError as exc:
         print(f"remote_exec: cannot start {command[0]!r}: {exc.strerror}", file=sys.stderr)
         return 127

@@ -204,7 +204,8 @@ def execute(
     monitor: RunMonitor | NullMonitor = NULL_MONITOR,
 ) -> RunResult:
     """Start servers, then trainer groups, and supervise them; SIGINT/SIGTERM stop the run."""
-    sup = Supervisor(out, stop_grace_s=cfg.stop_grace_s, server_linger_s=cfg.server_linger_s, monitor=monitor)
+    sup = Supervisor(out, stop_grace_s=cfg.stop_grace_s, server_linger_s=cfg.server_linger_s, monitor=monitor,
+                     hang_timeout_s=cfg.hang_timeout_s)
 
     def on_signal(signum: int, _frame: object) -> None:
         sup.request_stop(f"{signal.Signals(signum).name} received", signum)

@@ -22,6 +22,7 @@ from typing import TextIO
 from distgnn.launcher.monitor import NULL_MONITOR, NullMonitor, RunMonitor
 from distgnn.launcher.plan import ProcessSpec
 from distgnn.launcher.runner import Running
+from distgnn.heartbeat import split_heartbeat
 from distgnn.metrics import parse_announcement
 
 TAIL_LINES = 20
@@ -57,9 +58,13 @@ class ProcessFailure:
     lost_peer: bool = False
     """Its output says a collective peer went away (Gloo/NCCL connection reset or closed): a
     consequence of another process's failure, never the root cause while there is another."""
+    hang: str | None = None
+    """Why the launcher judged it hung (silent or without progress past --hang-timeout)."""
 
     def describe(self) -> str:
         how = f"killed by {self.signal}" if self.signal else f"exit code {self.exit_code}"
+        if self.hang is not None:
+            how = f"stopped making progress: {self.hang}"
         if self.exit_code == 255 and self.signal is None:
             how += " (255: ssh lost the connection, or the command's own status)"
         clock = time.strftime("%H:%M:%S", time.localtime(self.time))
@@ -102,6 +107,9 @@ class _Watched:
     ended_at: float | None = None
     told: bool = False
     """Its end was passed to the monitor."""
+    beats: dict = field(default_factory=dict)
+    """rank -> [last heartbeat (monotonic), progress, when progress last changed]."""
+    hang: str | None = None
 
 
 class Supervisor:
@@ -116,6 +124,7 @@ class Supervisor:
         poll_s: float = 0.1,
         settle_s: float = 3.0,
         peer_settle_s: float = 10.0,
+        hang_timeout_s: float = 0.0,
         monitor: RunMonitor | NullMonitor = NULL_MONITOR,
     ) -> None:
         self._out = out
@@ -133,6 +142,8 @@ class Supervisor:
         # peers have already died of the lost connection, and the kill is the root cause.
         self.settle_s = settle_s
         self.peer_settle_s = peer_settle_s
+        self.hang_timeout_s = hang_timeout_s
+        """0: no liveness watch."""
         self.started = time.time()
 
     def add(self, proc: Running) -> None:
@@ -156,6 +167,11 @@ class Supervisor:
         with open(proc.spec.log_path, "a", encoding="utf-8") as log:
             for raw in iter(proc.popen.stdout.readline, b""):
                 line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+                beat, line = split_heartbeat(line)
+                if beat is not None:
+                    self._heard(proc, beat)
+                    if not line.strip():
+                        continue  # a heartbeat alone: not worth a log line
                 tail.append(line)
                 # Into the log before the monitor lists the endpoint: whoever reads the
                 # targets file may look for the announcement in the log (a test did, and
@@ -170,6 +186,35 @@ class Supervisor:
                         self._out.flush()
                     except (OSError, ValueError):
                         pass  # our stdout went away (`launch | head`); keep draining into the log
+
+    def _heard(self, proc: Running, beat) -> None:
+        watched = next((w for w in self._watched if w.proc is proc), None)
+        if watched is None:
+            return
+        now = time.monotonic()
+        last = watched.beats.get(beat.rank)
+        moved = last is None or beat.progress != last[1]
+        watched.beats[beat.rank] = [now, beat.progress, now if moved else last[2]]
+
+    def _hung(self) -> list[_Watched]:
+        """Live processes silent, or trainers without progress, for longer than the timeout."""
+        if self.hang_timeout_s <= 0:
+            return []
+        now, limit, found = time.monotonic(), self.hang_timeout_s, []
+        for w in self._watched:
+            if w.ended_at is not None or w.hang is not None:
+                continue
+            for rank, (seen, progress, moved) in sorted(w.beats.items()):
+                who = f"global rank {rank}" if w.proc.spec.role == "trainer" else ""
+                if now - seen > limit:
+                    w.hang = f"{who + ': ' if who else ''}no heartbeat for {now - seen:.0f} s (--hang-timeout {limit:g})"
+                elif w.proc.spec.role == "trainer" and progress > 0 and now - moved > limit:
+                    w.hang = (f"{who}: no training or evaluation batch for {now - moved:.0f} s "
+                              f"(--hang-timeout {limit:g})")
+                if w.hang is not None:
+                    found.append(w)
+                    break
+        return found
 
     def _poll(self) -> list[_Watched]:
         """Record newly ended processes; return them."""
@@ -192,7 +237,7 @@ class Supervisor:
             w.reader.join(timeout=2.0)
         return RunResult(
             status=status,
-            failures=sorted((self._failure(w) for w in failed), key=lambda f: (f.lost_peer, f.time)),
+            failures=sorted((self._failure(w) for w in failed), key=_cause_order),
             exit_codes={w.proc.spec.label: w.exit_code for w in self._watched},
             stop_reason=self._stop_reason,
             stop_signal=self.stop_signal if status == "interrupted" else None,
@@ -211,6 +256,11 @@ class Supervisor:
                 self._tell_end(w, succeeded=w.exit_code == 0, failure=failure)
                 if failure:
                     failed.append(w)
+            if not self._stop.is_set():
+                for w in self._hung():
+                    w.ended_at = time.time()  # the moment it was judged hung; teardown stops it
+                    self._tell_end(w, succeeded=False, failure=True)
+                    failed.append(w)
             if failed and settle_until is None:
                 first_failure = time.monotonic()
                 settle_until = first_failure + self.settle_s
@@ -224,6 +274,9 @@ class Supervisor:
                 return "failed"
             if self._stop.is_set():
                 return "interrupted"
+            if failed:  # settling: a failed run never turns into a success below
+                self._stop.wait(self.poll_s)
+                continue
             if linger_until is None and all(w.ended_at is not None for w in trainers):
                 linger_until = time.monotonic() + self.server_linger_s
             if linger_until is not None and (
@@ -256,9 +309,23 @@ class Supervisor:
             w.proc.sweep()
             if w.ended_at is None and w.proc.popen.returncode is not None:
                 w.exit_code, w.ended_at = w.proc.popen.returncode, time.time()
+            elif w.hang is not None:
+                w.exit_code = w.proc.popen.returncode  # stopped by us after it was judged hung
 
     def _failure(self, w: _Watched) -> ProcessFailure:
-        return failure_of(w.proc.spec, w.exit_code, list(w.tail), w.ended_at or time.time())
+        failure = failure_of(w.proc.spec, w.exit_code, list(w.tail), w.ended_at or time.time())
+        if w.hang is not None:
+            from dataclasses import replace
+
+            failure = replace(failure, hang=w.hang, exit_code=None, signal=None, lost_peer=False)
+        return failure
+
+
+def _cause_order(f: ProcessFailure) -> tuple:
+    """Root cause first: not a lost peer; a silent process before one whose batches stopped
+    (its peers wait on it in a collective, their heartbeats go on); then the earliest."""
+    stalled = f.hang is not None and "no heartbeat" not in f.hang
+    return (f.lost_peer, stalled, f.time)
 
 
 def failure_of(spec: ProcessSpec, exit_code: int | None, lines: list[str], ended_at: float) -> ProcessFailure:

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from distgnn import predictions
+from distgnn import heartbeat, predictions
 from distgnn.trainer.cluster import Cluster
 from distgnn.trainer.model import GraphSAGE
 from distgnn.trainer.sampling import make_loader
@@ -47,6 +47,7 @@ def layerwise_inference(cluster: Cluster, model: GraphSAGE, *, batch_size: int, 
             layer = sampled[0].graph.to(cluster.device)
             h = h_in[input_nodes].to(cluster.device)
             h_out[seeds] = model.forward_layer(i, layer, h).float().cpu()
+            heartbeat.tick()
         # Every rank must have written its nodes before anyone reads them as the next layer's input.
         dist.barrier()
         g.barrier()

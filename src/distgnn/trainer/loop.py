@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from distgnn.metrics import PHASES as METRIC_PHASES
+from distgnn import heartbeat
 from distgnn.errors import RunFailure
+from distgnn.metrics import PHASES as METRIC_PHASES
 from distgnn.trainer import checkpoint as ckpt
 from distgnn.trainer import local_sampling
 from distgnn.trainer import step as steps
@@ -166,6 +167,7 @@ class Trainer:
                 precision=self.precision, clip_norm=self.cfg.clip_norm,
             )
             self.scheduler.step()
+            heartbeat.tick()
             t = result.timings
             phases = {**batch.timings, "forward": t.forward_s, "backward": t.backward_s, "optimizer": t.optimizer_s}
             for k in PHASES:
@@ -213,6 +215,7 @@ class Trainer:
             layers, x, y = steps.move_batch(batch.layers, batch.x, batch.y, c.device)
             correct, total = steps.evaluate_batch(self.model, layers, x, y, precision=self.precision)
             counts += torch.tensor([correct, total], dtype=torch.float64)
+            heartbeat.tick()
         dist.all_reduce(counts)
         return float(counts[0] / counts[1]) if counts[1] > 0 else float("nan")
 

@@ -45,6 +45,9 @@ def run(cfg: TrainConfig) -> None:
     from distgnn import metrics, runlog
 
     facts = check_inputs(cfg, _world_size())
+    from distgnn import heartbeat
+
+    heartbeat.start("trainer", int(os.environ.get("RANK", "0")))  # from here on, silence means a hang
     device, _ = pick_device(cfg.backend)
     Precision.parse(cfg.precision, device)  # fp16 on CPU fails here, before any connection
     resume_from = check_checkpoint(cfg, facts) if (cfg.resume or cfg.predict_only) else None

@@ -130,6 +130,9 @@ def serve(cfg: ServerConfig, part_config: Path, host: str) -> None:
               "in distgnn's layout, or DGL's sampling internals differ from 2.1's)", flush=True)
     sink.partition(halo_nodes=halo, **_partition_size(part_config, cfg.part))
     sink.set_up(True)
+    from distgnn import heartbeat
+
+    heartbeat.start("server", cfg.dgl_server_id)
     try:
         server.start()
     finally:
