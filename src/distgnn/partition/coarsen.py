@@ -41,8 +41,8 @@ def _row_of_entries(indptr: np.ndarray, lo: int, hi: int) -> np.ndarray:
     return np.repeat(np.arange(hi - lo, dtype=np.int64), np.diff(indptr[lo:hi + 1]))
 
 
-def _strongest(rows: np.ndarray, targets: np.ndarray, weights: np.ndarray | None, num_rows: int,
-               num_targets: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _strongest(rows: np.ndarray, targets: np.ndarray, weights: np.ndarray | None,
+               num_targets: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per (row, target) the summed weight, as sorted unique pairs: (row, target, weight)."""
     key = rows * num_targets + targets
     if weights is None:
@@ -89,7 +89,7 @@ def label_propagation(csr: DiskCSR, node_weight: np.ndarray, max_weight: int, *,
             if indices.size == 0:
                 continue
             rows = _row_of_entries(csr.indptr, lo, hi)
-            row, target, score = _strongest(rows, cluster[indices], weights, hi - lo, n, seed + r)
+            row, target, score = _strongest(rows, cluster[indices], weights, n)
             del rows
             node = row + lo
             own = cluster[node]
@@ -168,7 +168,7 @@ def limits(vwgt: np.ndarray, num_parts: int, imbalance: float) -> np.ndarray:
 
 
 def refine(csr: DiskCSR, part: np.ndarray, vwgt: np.ndarray, num_parts: int, *, chunk: int,
-           imbalance: float, passes: int = 8, seed: int = 0) -> RefineResult:
+           imbalance: float, passes: int = 8) -> RefineResult:
     """Boundary moves that lower the cut: a node goes to the part it has most neighbours
     in when that beats its own part and the target stays under every limit."""
     part = part.astype(np.int64, copy=True)
@@ -176,7 +176,7 @@ def refine(csr: DiskCSR, part: np.ndarray, vwgt: np.ndarray, num_parts: int, *, 
     load = np.stack([np.bincount(part, weights=vwgt[:, c], minlength=num_parts)
                      for c in range(vwgt.shape[1])], axis=1)
     moves = []
-    for p in range(passes):
+    for _pass in range(passes):
         moved = 0
         for lo, hi, indices, weights in csr.row_chunks(chunk):
             if indices.size == 0:

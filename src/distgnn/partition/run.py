@@ -466,7 +466,8 @@ def choose_path(config: PartitionConfig, budget_bytes: int):
     if resolve_spec(config.graph).kind == "dgl":
         return _dgl_plan(config, budget_bytes)
     probe = probe_graph(config.graph)
-    check_num_parts(config, probe.num_nodes)
+    if probe.exact:  # an edge list's node count is a guess from a sample until it is read
+        check_num_parts(config, probe.num_nodes)
     return budget.plan(budget=budget_bytes, num_nodes=probe.num_nodes, num_edges=probe.num_edges,
                        feat_dim=probe.feat_dim, num_parts=config.num_parts, method=config.method)
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from distgnn.graph.spilled import DST, SRC, SpilledGraph, append, chunks
+from distgnn.graph.spilled import DST, SpilledGraph, append, chunks
 from distgnn.partition import budget as memory
 from distgnn.partition import coarsen, shards
 from distgnn.partition import layout as plan
@@ -237,7 +237,7 @@ def multilevel(ctx: Context, csr: DiskCSR, vwgt: np.ndarray, options) -> tuple[n
     projected = coarsen.cut_of(csr, part, p.chunk_edges)
     with ctx.meter.phase("refine", "boundary moves on the full graph"):
         imbalance = (options.ufactor if options.ufactor >= 0 else METIS_KWAY_UFACTOR) / 1000
-        result = coarsen.refine(csr, part, vwgt, k, chunk=p.chunk_edges, imbalance=imbalance, seed=options.seed)
+        result = coarsen.refine(csr, part, vwgt, k, chunk=p.chunk_edges, imbalance=imbalance)
     cut = coarsen.cut_of(csr, result.part, p.chunk_edges)
     facts = {"undirected_cut": cut, **library.to_json(), "coarsen_to": target,
              "initial_tries": planned_initial_tries(library, options),
