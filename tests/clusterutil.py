@@ -67,3 +67,10 @@ def port_free(address: str, port: int) -> bool:
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def record_fault(fault: str, how: str, stopped_in: float, cause: str, left: list[str]) -> None:
+    """One row of the fault matrix (docs/faults.md is written from these lines: run the
+    fault tests with `pytest -s` and collect the lines starting FAULT-MATRIX)."""
+    print("FAULT-MATRIX " + json.dumps({"fault": fault, "how": how, "stopped_in_s": round(stopped_in, 1),
+                                        "root_cause": cause, "left": left}))

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from clusterutil import LAUNCH, REPO, TESTS, free_port, only_run, port_free, run_launch, wait_gone
+from clusterutil import LAUNCH, REPO, TESTS, free_port, only_run, port_free, record_fault, run_launch, wait_gone
 from distgnn import predictions, runlog
 
 BIN = Path(LAUNCH[0]).parent
@@ -278,6 +278,8 @@ def test_sigkill_of_one_trainer_stops_every_host_with_root_cause(tmp_path, synth
     assert host in cause and "trainer" in cause and f"global rank {victim}" in cause and "SIGKILL" in cause, \
         err[-3000:]
     assert "after losing a peer" not in cause
+    record_fault(f"trainer global rank {victim} killed", "SIGKILL of the worker (2 emulated hosts over ssh)",
+                 stopped_in, cause, wait_gone(run))
     assert wait_gone(run) == []
     status = (run / "status.json").read_text()
     assert '"failed"' in status
@@ -358,6 +360,7 @@ def test_a_killed_graph_server_stops_the_run_with_it_as_root_cause(tmp_path, pub
     assert "server rank 0" in cause and "SIGKILL" in cause, err[-3000:]
     assert wait_gone(run) == []
     assert port_free("127.0.0.1", port)
+    record_fault("graph server killed", "SIGKILL of the server (one host)", stopped_in, cause, [])
 
 
 def test_sigkill_of_the_launcher_leaves_no_process_and_no_port_behind(tmp_path, pubmed1):
@@ -376,11 +379,16 @@ def test_sigkill_of_the_launcher_leaves_no_process_and_no_port_behind(tmp_path, 
         assert "distgnn.launcher.cli" in found.cmdline(), found.cmdline()
         return found
 
-    kill_while_training(argv, ws, 2, launcher)
+    import time
+
+    _code, _err, _took, _run, _victim = kill_while_training(argv, ws, 2, launcher)
+    killed = time.monotonic()
     run = only_run(ws)
     left = wait_gone(run, timeout=15)
     assert left == [], left
     assert port_free("127.0.0.1", port)
+    record_fault("launcher killed", "SIGKILL of `launch` (one host)", time.monotonic() - killed,
+                 "(none: the launcher is gone; its reaper stopped the server and torchrun)", left)
 
 
 @pytest.fixture()
@@ -400,8 +408,8 @@ def tiny_disk(tmp_path):
 def test_a_full_checkpoint_disk_is_the_root_cause_in_one_line(tmp_path, pubmed1, tiny_disk):
     hosts, port = local_hosts(tmp_path)
     train = ["--batch-size", "64", "--hidden", "16", "--epochs", "3", "--checkpoint-dir", str(tiny_disk)]
-    done, _ = run_launch(launch(hosts, pubmed1, tmp_path / "ws", "--trainers-per-host", "2", train=train),
-                         CLUSTER_TIMEOUT_S)
+    done, took = run_launch(launch(hosts, pubmed1, tmp_path / "ws", "--trainers-per-host", "2", train=train),
+                            CLUSTER_TIMEOUT_S)
     assert done.returncode == 1, done.stderr[-3000:]
     lines = done.stderr.splitlines()
     cause = next(line for line in lines if line.startswith("root cause:"))
@@ -410,6 +418,8 @@ def test_a_full_checkpoint_disk_is_the_root_cause_in_one_line(tmp_path, pubmed1,
     assert error.startswith("  train: error: cannot write checkpoint of epoch 0 to ") and \
         "No space left on device" in error, error
     assert wait_gone(only_run(tmp_path / "ws")) == [] and port_free("127.0.0.1", port)
+    record_fault("checkpoint disk full", "16 KiB tmpfs as --checkpoint-dir (one host, 2 trainers; time: the whole launch)", took,
+                 f"{cause} / {error.strip()}", [])
 
 
 def test_a_stopped_trainer_ends_the_job_as_hung_within_the_timeout(tmp_path, pubmed1):
@@ -427,6 +437,7 @@ def test_a_stopped_trainer_ends_the_job_as_hung_within_the_timeout(tmp_path, pub
     cause = next(line for line in err.splitlines() if line.startswith("root cause:"))
     assert "trainer" in cause and "stopped making progress: global rank 1: no heartbeat for" in cause, err[-3000:]
     assert wait_gone(run) == [] and port_free("127.0.0.1", port)
+    record_fault("trainer stopped", "SIGSTOP of a worker, --hang-timeout 8 (one host)", stopped_in, cause, [])
 
 
 @pytest.mark.netns
@@ -455,3 +466,5 @@ def test_a_killed_remote_exec_wrapper_ends_the_job_naming_the_server(tmp_path, s
     cause = next(line for line in err.splitlines() if line.startswith("root cause:"))
     assert emu.hosts[1].address in cause and "server" in cause, err[-3000:]
     assert wait_gone(run) == []
+    record_fault("remote wrapper killed", "SIGKILL of remote_exec around host 1's server (ssh)", stopped_in,
+                 cause, [])

@@ -41,37 +41,56 @@ def _row_of_entries(indptr: np.ndarray, lo: int, hi: int) -> np.ndarray:
     return np.repeat(np.arange(hi - lo, dtype=np.int64), np.diff(indptr[lo:hi + 1]))
 
 
-def _strongest(rows: np.ndarray, targets: np.ndarray, weights: np.ndarray | None,
-               num_targets: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per (row, target) the summed weight, as sorted unique pairs: (row, target, weight)."""
+def _pair_weights(rows: np.ndarray, targets: np.ndarray, weights: np.ndarray | None,
+                  num_targets: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per (row, target) the summed weight, as pairs sorted by row then target:
+    (row, target, weight). One sort of the chunk's keys (an argsort with weights)."""
     key = rows * num_targets + targets
     if weights is None:
-        unique, weight = np.unique(key, return_counts=True)
+        key.sort()
     else:
-        unique, inverse = np.unique(key, return_inverse=True)
-        weight = np.bincount(inverse, weights=weights, minlength=unique.shape[0]).astype(np.int64)
-    return unique // num_targets, unique % num_targets, weight
+        order = np.argsort(key)
+        key, weights = key[order], weights[order]
+        del order
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    if weights is None:
+        weight = np.diff(np.r_[starts, key.shape[0]])
+    else:
+        weight = np.add.reduceat(weights, starts) if starts.size else weights[:0]
+    unique = key[starts]
+    return unique // num_targets, unique % num_targets, weight.astype(np.int64, copy=False)
 
 
-def _best_per_row(row: np.ndarray, target: np.ndarray, score: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """For each row present, the target with the highest score (seeded tie-break)."""
-    order = np.lexsort((_tiebreak(target, seed), -score, row))
-    row_sorted = row[order]
-    first = np.ones(row_sorted.shape[0], dtype=np.bool_)
-    first[1:] = row_sorted[1:] != row_sorted[:-1]
-    pick = order[first]
-    return row[pick], target[pick]
+_TIE_BITS = 20
 
 
-def _admit(nodes: np.ndarray, targets: np.ndarray, node_weight: np.ndarray, room: np.ndarray) -> np.ndarray:
-    """Which moves fit: per target, moves in the given order while their weights fit its room."""
+def _best_per_row(row: np.ndarray, target: np.ndarray, score: np.ndarray, allowed: np.ndarray,
+                  seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each row with an allowed pair, the allowed target with the highest score; ties
+    go to a seeded hash of the target. `row` is sorted: a max over each row's segment
+    (np.maximum.reduceat) instead of a sort of the pairs."""
+    if row.size == 0:
+        return row, target
+    tie = (_tiebreak(target, seed) & np.uint64((1 << _TIE_BITS) - 1)).astype(np.int64)
+    rank = np.where(allowed, (score << _TIE_BITS) | tie, -1)
+    starts = np.flatnonzero(np.r_[True, row[1:] != row[:-1]])
+    best = np.maximum.reduceat(rank, starts)
+    hit = np.flatnonzero(rank == np.repeat(best, np.diff(np.r_[starts, row.shape[0]])))
+    first = hit[np.r_[True, row[hit][1:] != row[hit][:-1]]]  # one per row, even on a hash tie
+    first = first[rank[first] >= 0]
+    return row[first], target[first]
+
+
+def _admit(nodes: np.ndarray, targets: np.ndarray, node_weight: np.ndarray, room_of) -> np.ndarray:
+    """Which moves fit: per target, moves in the given order while their weights fit
+    `room_of(targets)` (the room left in each target)."""
     order = np.argsort(targets, kind="stable")
     t = targets[order]
     w = node_weight[nodes[order]]
     csum = np.cumsum(w)
     starts = np.flatnonzero(np.r_[True, t[1:] != t[:-1]])
     before = np.repeat(csum[starts] - w[starts], np.diff(np.r_[starts, t.shape[0]]))
-    fits = (csum - before) <= room[t]
+    fits = (csum - before) <= room_of(t)
     keep = np.empty(nodes.shape[0], dtype=np.bool_)
     keep[order] = fits
     return keep
@@ -83,25 +102,27 @@ def label_propagation(csr: DiskCSR, node_weight: np.ndarray, max_weight: int, *,
     n = csr.num_nodes
     cluster = np.arange(n, dtype=np.int64)
     weight = node_weight.astype(np.int64, copy=True)
+
+    def room_of(targets: np.ndarray) -> np.ndarray:
+        return max_weight - weight[targets]
+
     for r in range(rounds):
         moved = 0
         for lo, hi, indices, weights in csr.row_chunks(chunk):
             if indices.size == 0:
                 continue
             rows = _row_of_entries(csr.indptr, lo, hi)
-            row, target, score = _strongest(rows, cluster[indices], weights, n)
+            row, target, score = _pair_weights(rows, cluster[indices], weights, n)
             del rows
             node = row + lo
-            own = cluster[node]
-            fits = (weight[target] + node_weight[node] <= max_weight) | (target == own)
-            row, target = _best_per_row(row[fits], target[fits], score[fits], seed + r)
+            allowed = (weight[target] + node_weight[node] <= max_weight) | (target == cluster[node])
+            row, target = _best_per_row(row, target, score, allowed, seed + r)
             node = row + lo
             move = target != cluster[node]
             node, target = node[move], target[move]
             if node.size == 0:
                 continue
-            room = np.maximum(max_weight - weight, 0)
-            keep = _admit(node, target, node_weight, room)
+            keep = _admit(node, target, node_weight, room_of)
             node, target = node[keep], target[keep]
             np.subtract.at(weight, cluster[node], node_weight[node])
             np.add.at(weight, target, node_weight[node])
@@ -197,8 +218,8 @@ def refine(csr: DiskCSR, part: np.ndarray, vwgt: np.ndarray, num_parts: int, *, 
             node, target = cand + lo, best[cand]
             keep = np.ones(node.size, dtype=np.bool_)
             for c in range(vwgt.shape[1]):
-                room = np.maximum(cap[c] - load[:, c], 0)
-                keep &= _admit(node, target, vwgt[:, c], room)
+                room = cap[c] - load[:, c]
+                keep &= _admit(node, target, vwgt[:, c], room.__getitem__)
             node, target = node[keep], target[keep]
             for c in range(vwgt.shape[1]):
                 np.subtract.at(load[:, c], part[node], vwgt[node, c])

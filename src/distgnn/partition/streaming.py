@@ -74,6 +74,8 @@ def partition_streaming(ctx: Context, staged: Path) -> tuple[SpilledGraph, dict,
         degree = in_degree(graph, p.chunk_edges)
         train = _whole_mask(graph, "train_mask")
         vwgt, names = plan.vertex_weight_columns(graph.num_nodes, train, degree)
+        # int32 holds any node's weights (METIS's own width); totals are summed in int64
+        vwgt = vwgt.astype(np.int32)
         del degree, train
     part, facts = assign(ctx, graph, vwgt)
     with ctx.meter.phase("layout", "renumber nodes, sort edges into parts on disk"):
