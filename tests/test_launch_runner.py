@@ -397,9 +397,10 @@ def test_dry_run_prints_the_plan_and_starts_nothing(tmp_path, shards, capsys):
 
     hosts, port = local_hosts(tmp_path)
     common = ["--hosts", str(hosts), "--shards", str(shards[1]), "--workspace", str(tmp_path / "ws")]
-    assert main([*common, "--dry-run", "--", "train", "--lr", "a b"]) == 0
+    assert main([*common, "--dry-run", "--", "train", "--checkpoint-dir", "a b"]) == 0
     text = capsys.readouterr().out
-    assert "host 0 127.0.0.1 (local)" in text and "--lr 'a b'" in text and f"{port}" in text
+    assert "host 0 127.0.0.1 (local)" in text and "--checkpoint-dir 'a b'" in text and f"{port}" in text
+    assert "liveness: a process silent, or a trainer without a batch, for 300 s ends the job" in text
     assert main([*common, "--dry-run=json", "--gpus-per-host", "2", "--", "train"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["gpus_per_host"] == 2 and data["processes"][1]["env"]["CUDA_VISIBLE_DEVICES"] == "0,1"

@@ -133,7 +133,7 @@ def test_a_trainer_whose_batches_stop_is_hung_though_it_still_beats(tmp_path):
 def test_heartbeat_lines_are_found_even_inside_other_output():
     from distgnn.heartbeat import Heartbeat, format_heartbeat, split_heartbeat
 
-    line = format_heartbeat("trainer", 2, 40)
-    assert split_heartbeat(line) == (Heartbeat("trainer", 2, 40), "")
-    assert split_heartbeat("epoch 3 lo" + line) == (Heartbeat("trainer", 2, 40), "epoch 3 lo")
+    line = format_heartbeat("trainer", 2, 40, pid=77)
+    assert split_heartbeat(line) == (Heartbeat("trainer", 2, 77, 40), "")
+    assert split_heartbeat("epoch 3 lo" + line) == (Heartbeat("trainer", 2, 77, 40), "epoch 3 lo")
     assert split_heartbeat("plain") == (None, "plain")

@@ -2,7 +2,7 @@
 
 A process started by `launch` gets DISTGNN_HEARTBEAT_S in its environment and prints
 
-    distgnn-heartbeat: role=trainer rank=3 progress=1234
+    distgnn-heartbeat: role=trainer rank=3 pid=4711 progress=1234
 
 on stderr every that many seconds from a daemon thread: `progress` counts the batches it has
 trained or evaluated (tick()). The supervisor keeps the last heartbeat of every
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 ENV = "DISTGNN_HEARTBEAT_S"
 PREFIX = "distgnn-heartbeat: "
-_LINE = re.compile(r"distgnn-heartbeat: role=(\w+) rank=(\d+) progress=(\d+)")
+_LINE = re.compile(r"distgnn-heartbeat: role=(\w+) rank=(\d+) pid=(\d+) progress=(\d+)")
 
 _progress = 0
 _lock = threading.Lock()
@@ -35,14 +35,18 @@ def tick(n: int = 1) -> None:
         _progress += n
 
 
-def format_heartbeat(role: str, rank: int, progress: int) -> str:
-    return f"{PREFIX}role={role} rank={rank} progress={progress}"
+def format_heartbeat(role: str, rank: int, progress: int, pid: int | None = None) -> str:
+    return f"{PREFIX}role={role} rank={rank} pid={os.getpid() if pid is None else pid} progress={progress}"
 
 
 @dataclass(frozen=True)
 class Heartbeat:
     role: str
     rank: int
+    pid: int
+    """The process's pid: torchrun starts each worker in a session of its own, out of
+    reach of the group signals that stop torchrun, so the launcher stops a hung worker
+    by pid (on this host)."""
     progress: int
 
 
@@ -52,7 +56,7 @@ def split_heartbeat(line: str) -> tuple[Heartbeat | None, str]:
     match = _LINE.search(line)
     if match is None:
         return None, line
-    beat = Heartbeat(match.group(1), int(match.group(2)), int(match.group(3)))
+    beat = Heartbeat(match.group(1), int(match.group(2)), int(match.group(3)), int(match.group(4)))
     return beat, line[:match.start()] + line[match.end():]
 
 

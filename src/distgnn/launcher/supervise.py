@@ -109,6 +109,8 @@ class _Watched:
     """Its end was passed to the monitor."""
     beats: dict = field(default_factory=dict)
     """rank -> [last heartbeat (monotonic), progress, when progress last changed]."""
+    pids: set = field(default_factory=set)
+    """Pids its heartbeats named (local processes only)."""
     hang: str | None = None
 
 
@@ -195,6 +197,11 @@ class Supervisor:
         last = watched.beats.get(beat.rank)
         moved = last is None or beat.progress != last[1]
         watched.beats[beat.rank] = [now, beat.progress, now if moved else last[2]]
+        if last is None and proc.spec.local and beat.pid not in watched.pids:
+            watched.pids.add(beat.pid)
+            reaper = getattr(proc, "reaper", None)
+            if reaper is not None and _leads_own_group(beat.pid):
+                reaper.watch(beat.pid)  # a torchrun worker's own session: the reaper stops it too
 
     def _hung(self) -> list[_Watched]:
         """Live processes silent, or trainers without progress, for longer than the timeout."""
@@ -295,12 +302,16 @@ class Supervisor:
         live = [w for w in self._watched if w.proc.popen.poll() is None]
         for w in live:
             w.proc.terminate()
+            for pid in w.pids:  # a stopped (SIGSTOP) worker must run to act on torchrun's SIGTERM
+                _signal_pid(pid, signal.SIGCONT)
         deadline = time.monotonic() + self.stop_grace_s
         while time.monotonic() < deadline and any(w.proc.popen.poll() is None for w in live):
             time.sleep(0.05)
         for w in live:
             if w.proc.popen.poll() is None:
                 w.proc.kill()
+        for w in self._watched:
+            _kill_own_sessions(w)
         for w in self._watched:
             try:
                 w.proc.popen.wait(timeout=5.0)
@@ -319,6 +330,55 @@ class Supervisor:
 
             failure = replace(failure, hang=w.hang, exit_code=None, signal=None, lost_peer=False)
         return failure
+
+
+def _leads_own_group(pid: int) -> bool:
+    import os
+
+    try:
+        return os.getpgid(pid) == pid
+    except OSError:
+        return False
+
+
+def _signal_pid(pid: int, sig: int) -> None:
+    import os
+
+    try:
+        os.kill(pid, sig)
+    except OSError:
+        pass
+
+
+def _kill_own_sessions(w: "_Watched") -> None:
+    """SIGKILL the process groups of workers that torchrun started in sessions of their
+    own, once their group leader is known to be one of ours (it may be gone, its pid reused)."""
+    import os
+
+    for pid in w.pids:
+        if _leads_own_group(pid) and _job_of(pid) == _job_of_spec(w.proc.spec):
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        if w.proc.spec.local:
+            reaper = getattr(w.proc, "reaper", None)
+            if reaper is not None:
+                reaper.forget(pid)
+
+
+def _job_of(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().decode(errors="replace").split("\0")
+    except OSError:
+        return None
+    return argv[argv.index("--job-id") + 1] if "--job-id" in argv[:-1] else None
+
+
+def _job_of_spec(spec: ProcessSpec) -> str | None:
+    argv = spec.argv
+    return argv[argv.index("--job-id") + 1] if "--job-id" in argv[:-1] else None
 
 
 def _cause_order(f: ProcessFailure) -> tuple:
@@ -391,14 +451,27 @@ def before_torchrun_report(lines: list[str]) -> list[str]:
 
 
 def _torchrun_failed_worker(lines: list[str]) -> tuple[int, int] | None:
-    """(global rank, exit code) from torchrun's 'Root Cause' block; a negative code is a signal."""
-    rank = None
+    """(global rank, exit code) of the worker torchrun's failure report blames; a negative
+    code is a signal.
+
+    The report lists the other failures first and its "Root Cause" block last; that
+    block's worker is the one, unless another listed worker was killed by a signal (a
+    worker that died of its peer's SIGKILL can be "first observed")."""
+    pairs, rank, in_root = [], None, False
     for line in lines:
-        if rank is None and (m := _TORCHRUN_RANK.match(line)):
+        if line.startswith("Root Cause"):
+            in_root = True
+        elif rank is None and (m := _TORCHRUN_RANK.match(line)):
             rank = int(m.group(1))
         elif rank is not None and (m := _TORCHRUN_EXIT.match(line)):
-            return rank, int(m.group(1))
-    return None
+            pairs.append((rank, int(m.group(1)), in_root))
+            rank = None
+    if not pairs:
+        return None
+    killed = [p for p in pairs if p[1] < 0]
+    root = [p for p in pairs if p[2]]
+    rank, code, _root = (killed or root or pairs)[0]
+    return rank, code
 
 
 def torchrun_root_cause(lines: list[str]) -> str | None:

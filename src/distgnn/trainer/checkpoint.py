@@ -12,6 +12,8 @@ tensors, numbers, strings, lists and dicts, so a checkpoint cannot run code.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import random
 import re
@@ -59,8 +61,14 @@ def save_checkpoint(ckpt_dir: str | os.PathLike[str], epoch: int, state: dict[st
         stale.unlink(missing_ok=True)
     payload = {**state, "format": FORMAT, "version": VERSION, "epoch": int(epoch)}
     name = checkpoint_name(epoch)
-    path = atomic_write(folder / name, lambda f: torch.save(payload, f), durable=True)
-    atomic_write_text(_digest_path(path), f"{_sha256(path)}\n", durable=True)
+    # Serialised in memory first: torch.save into a file reports a full disk as a bare
+    # RuntimeError ("file write failed"); a plain write of the bytes raises ENOSPC itself.
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    data = buffer.getbuffer()
+    path = atomic_write(folder / name, lambda f: f.write(data), durable=True)
+    atomic_write_text(_digest_path(path), f"{hashlib.sha256(data).hexdigest()}\n", durable=True)
+    del data, buffer
     atomic_write_text(folder / LATEST, f"{name}\n", durable=True)
     for _, old in _checkpoints(folder)[:-keep]:
         old.unlink(missing_ok=True)
@@ -73,8 +81,6 @@ def _digest_path(path: Path) -> Path:
 
 
 def _sha256(path: Path) -> str:
-    import hashlib
-
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
