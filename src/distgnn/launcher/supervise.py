@@ -451,27 +451,26 @@ def before_torchrun_report(lines: list[str]) -> list[str]:
 
 
 def _torchrun_failed_worker(lines: list[str]) -> tuple[int, int] | None:
-    """(global rank, exit code) of the worker torchrun's failure report blames; a negative
-    code is a signal.
+    """(global rank, exit code) of the worker to blame in torchrun's failure report; a
+    negative code is a signal.
 
-    The report lists the other failures first and its "Root Cause" block last; that
-    block's worker is the one, unless another listed worker was killed by a signal (a
-    worker that died of its peer's SIGKILL can be "first observed")."""
-    pairs, rank, in_root = [], None, False
+    A worker killed by a signal, wherever the report lists it: torchrun's own "Root Cause"
+    is the failure it observed first, and a worker that died of its peer's SIGKILL can be
+    observed first. Otherwise the first worker listed (the report puts other failures
+    above its root cause; with a one-host group whose worker failed on its own and whose
+    peer then lost the connection, the first listed was the one that failed on its own in
+    the tests: a killed sampler, a failed step)."""
+    pairs, rank = [], None
     for line in lines:
-        if line.startswith("Root Cause"):
-            in_root = True
-        elif rank is None and (m := _TORCHRUN_RANK.match(line)):
+        if rank is None and (m := _TORCHRUN_RANK.match(line)):
             rank = int(m.group(1))
         elif rank is not None and (m := _TORCHRUN_EXIT.match(line)):
-            pairs.append((rank, int(m.group(1)), in_root))
+            pairs.append((rank, int(m.group(1))))
             rank = None
     if not pairs:
         return None
     killed = [p for p in pairs if p[1] < 0]
-    root = [p for p in pairs if p[2]]
-    rank, code, _root = (killed or root or pairs)[0]
-    return rank, code
+    return (killed or pairs)[0]
 
 
 def torchrun_root_cause(lines: list[str]) -> str | None:
