@@ -318,3 +318,22 @@ def test_a_disk_that_fills_up_while_writing_shards_is_one_line(tmp_path, small_d
     with pytest.raises(InputError, match=r"no space left on the device of --out while writing"):
         _part(PUBMED, small_disk / "out", 2)
     assert list(small_disk.iterdir()) == []
+
+
+def test_a_dgl_file_too_big_to_load_whole_is_refused_saying_why(tmp_path, no_base):
+    import dgl
+    import torch
+
+    rng = np.random.default_rng(0)
+    g = dgl.graph((torch.from_numpy(rng.integers(0, 5000, 60_000)), torch.from_numpy(rng.integers(0, 5000, 60_000))),
+                  num_nodes=5000)
+    g.ndata["feat"] = torch.randn(5000, 16)
+    path = tmp_path / "g.dgl"
+    dgl.save_graphs(str(path), [g])
+    size_mib = path.stat().st_size / MiB
+    with pytest.raises(InputError, match=r"g\.dgl: DGL loads a saved graph whole, .*convert it to a Parquet graph folder"):
+        _part(path, tmp_path / "out", 2, mib=2.2 * size_mib)
+    assert _leftovers(tmp_path) == [] and not (tmp_path / "out").exists()
+    # with room to load it whole, it is partitioned
+    report = _part(path, tmp_path / "ok", 2, mib=5 * size_mib)
+    assert report["num_nodes"] == 5000 and report["num_edges"] == 60_000
