@@ -118,41 +118,46 @@ def line_of_row(path: Path, layout: Layout, row: int) -> int:
     raise IndexError(row)
 
 
-def _parse(path: Path, layout: Layout, progress) -> tuple[np.ndarray, np.ndarray]:
+def edge_chunks(path: Path, layout: Layout, rows: int, progress=None):
+    """(src, dst) int64 arrays of up to `rows` edges at a time. A malformed line raises
+    pandas' ValueError (or OverflowError): see parse_error."""
     # imported here: pandas adds 40 MB to every process that loads distgnn.graph, and
     # `partition` keeps its RSS low while METIS runs
     import pandas as pd
 
     size = path.stat().st_size
-    src_parts, dst_parts = [], []
     with path.open("rb") as handle:
         reader = pd.read_csv(
             handle, sep=layout.delimiter or r"\s+", header=None, comment="#",
-            dtype=np.int64, engine="c", skipinitialspace=True, chunksize=CHUNK_ROWS,
+            dtype=np.int64, engine="c", skipinitialspace=True, chunksize=max(1, rows),
             skiprows=[layout.header_line - 1] if layout.header_line else None,
         )
         for frame in reader:
             if frame.shape[1] != 2:
                 raise ValueError(f"{frame.shape[1]} columns")
-            src_parts.append(frame[0].to_numpy())
-            dst_parts.append(frame[1].to_numpy())
+            yield frame[0].to_numpy(), frame[1].to_numpy()
             report(progress, "read edges", min(handle.tell(), size), size)
-    if not src_parts:
-        return np.empty(0, np.int64), np.empty(0, np.int64)
-    return np.concatenate(src_parts), np.concatenate(dst_parts)
+
+
+def parse_error(path: Path, layout: Layout, exc: Exception) -> InputError:
+    """The one-line error for a file pandas could not parse: the first bad line, found by
+    scanning the file again (only now, when something is known to be wrong)."""
+    message = find_bad_line(path, layout)
+    if message is None:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        message = f"{path}: cannot parse edge list ({reason})"
+    return InputError(message)
 
 
 def read_edge_list(path: Path, *, progress=None) -> tuple[np.ndarray, np.ndarray, Layout]:
     layout = sniff(path)
     try:
-        src, dst = _parse(path, layout, progress)
+        pieces = list(edge_chunks(path, layout, CHUNK_ROWS, progress))
     except (ValueError, OverflowError) as exc:  # pandas' ParserError is a ValueError
-        message = find_bad_line(path, layout)
-        if message is None:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            message = f"{path}: cannot parse edge list ({reason})"
-        raise InputError(message) from None
-    return src, dst, layout
+        raise parse_error(path, layout, exc) from None
+    if not pieces:
+        return np.empty(0, np.int64), np.empty(0, np.int64), layout
+    return np.concatenate([a for a, _ in pieces]), np.concatenate([b for _, b in pieces]), layout
 
 
 def load_edge_list(path: Path, *, progress=None) -> GraphData:
@@ -168,11 +173,11 @@ def load_edge_list(path: Path, *, progress=None) -> GraphData:
     return build_graph(name=sanitize_name(path.stem), source=str(path), src=src, dst=dst,
                        num_nodes=num_nodes, nodes=nodes, num_classes=None,
                        id_where=(str(path), str(path)),
-                       row_labels=(_row_label(path, layout, "src"),
-                                   _row_label(path, layout, "dst")))
+                       row_labels=(row_label(path, layout, "src"),
+                                   row_label(path, layout, "dst")))
 
 
-def _row_label(path: Path, layout: Layout, column: str):
+def row_label(path: Path, layout: Layout, column: str):
     def label(row: int) -> str:
         return f"line {line_of_row(path, layout, row)} ({column})"
     return label

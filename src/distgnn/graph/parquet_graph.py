@@ -124,7 +124,7 @@ def require_integer(pf: pq.ParquetFile, path: Path, column: str) -> None:
         raise InputError(f"{path}: column '{column}' must be an integer type, got {kind}")
 
 
-def _int_chunk(chunk: pa.Array, where: str, row0: int) -> np.ndarray:
+def int_chunk(chunk: pa.Array, where: str, row0: int) -> np.ndarray:
     if chunk.null_count:
         row = first_true(pc.is_null(chunk).to_numpy(zero_copy_only=False))
         raise InputError(f"{where} row {row0 + row}: value is null")
@@ -148,7 +148,7 @@ def read_edges(path: Path, *, progress=None) -> tuple[np.ndarray, np.ndarray]:
         for column, target in out.items():
             at = row0
             for chunk in table.column(column).chunks:
-                target[at:at + len(chunk)] = _int_chunk(chunk, f"{path}: column '{column}'", at)
+                target[at:at + len(chunk)] = int_chunk(chunk, f"{path}: column '{column}'", at)
                 at += len(chunk)
         row0 += table.num_rows
         report(progress, "read edges", row0, total)
@@ -170,7 +170,7 @@ def feat_dim_of_type(kind: pa.DataType, path: Path) -> int | None:
     return dim
 
 
-def _feat_chunk(chunk: pa.Array, dim: int | None, where: str, row0: int) -> np.ndarray:
+def feat_chunk(chunk: pa.Array, dim: int | None, where: str, row0: int) -> np.ndarray:
     if chunk.null_count:
         row = first_true(pc.is_null(chunk).to_numpy(zero_copy_only=False))
         raise InputError(f"{where} row {row0 + row}: feature list is null")
@@ -190,12 +190,12 @@ def _feat_chunk(chunk: pa.Array, dim: int | None, where: str, row0: int) -> np.n
     return values
 
 
-def _bool_chunk(chunk: pa.Array) -> np.ndarray:
+def bool_chunk(chunk: pa.Array) -> np.ndarray:
     # a null mask entry means "not in this split"
     return pc.fill_null(chunk, False).to_numpy(zero_copy_only=False)
 
 
-def _node_columns(pf: pq.ParquetFile, path: Path) -> tuple[list[str], int | None]:
+def node_columns(pf: pq.ParquetFile, path: Path) -> tuple[list[str], int | None]:
     """The known columns nodes.parquet has, type-checked, and the feature dim if fixed."""
     columns: list[str] = []
     dim = None
@@ -224,20 +224,20 @@ def _store_chunk(nodes: NodeColumns, name: str, chunk: pa.Array, at: int,
         return
     where = f"{nodes.path}: column '{name}'"
     if name == FEAT_COLUMN:
-        block = _feat_chunk(chunk, dim, where, at)
+        block = feat_chunk(chunk, dim, where, at)
         if nodes.feat is None:
             nodes.feat = np.empty((nodes.num_rows, block.shape[1]), np.float32)
         nodes.feat[at:at + len(chunk)] = block
     elif name == LABEL_COLUMN:
-        nodes.label[at:at + len(chunk)] = _int_chunk(pc.fill_null(chunk, -1), where, at)
+        nodes.label[at:at + len(chunk)] = int_chunk(pc.fill_null(chunk, -1), where, at)
     else:
-        nodes.masks[name][at:at + len(chunk)] = _bool_chunk(chunk)
+        nodes.masks[name][at:at + len(chunk)] = bool_chunk(chunk)
 
 
 def read_nodes(path: Path, *, progress=None) -> NodeColumns:
     pf = open_parquet(path)
     total = pf.metadata.num_rows
-    columns, dim = _node_columns(pf, path)
+    columns, dim = node_columns(pf, path)
     nodes = NodeColumns(path=path, num_rows=total, first_column=columns[0] if columns else "")
     if LABEL_COLUMN in columns:
         nodes.label = np.empty(total, np.int64)

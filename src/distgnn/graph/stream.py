@@ -56,8 +56,8 @@ def _spill_parquet_edges(path: Path, writer: SpillWriter, rows: int, progress) -
         parquet_graph.require_integer(pf, path, column)
     total, row0, lo, hi = pf.metadata.num_rows, 0, 0, -1
     for batch in _batches(pf, path, ["src", "dst"], rows):
-        src = parquet_graph._int_chunk(batch.column(0), f"{path}: column 'src'", row0)
-        dst = parquet_graph._int_chunk(batch.column(1), f"{path}: column 'dst'", row0)
+        src = parquet_graph.int_chunk(batch.column(0), f"{path}: column 'src'", row0)
+        dst = parquet_graph.int_chunk(batch.column(1), f"{path}: column 'dst'", row0)
         writer.add_edges(src, dst)
         if src.size:
             lo = min(lo, int(src.min()), int(dst.min()))
@@ -80,7 +80,7 @@ def _batches(pf, path: Path, columns: list[str], rows: int):
 def _spill_nodes(path: Path, writer: SpillWriter, rows: int, progress) -> int:
     """Copy nodes.parquet's known columns; returns its row count."""
     pf = parquet_graph.open_parquet(path)
-    columns, dim = parquet_graph._node_columns(pf, path)
+    columns, dim = parquet_graph.node_columns(pf, path)
     total = pf.metadata.num_rows
     if not columns:
         return total
@@ -92,14 +92,14 @@ def _spill_nodes(path: Path, writer: SpillWriter, rows: int, progress) -> int:
             chunk = batch.column(batch.schema.get_field_index(name))
             where = f"{path}: column '{name}'"
             if name == FEAT_COLUMN:
-                values["feat"] = parquet_graph._feat_chunk(chunk, dim, where, row0)
+                values["feat"] = parquet_graph.feat_chunk(chunk, dim, where, row0)
                 dim = values["feat"].shape[1]
             elif name == LABEL_COLUMN:
                 import pyarrow.compute as pc
 
-                values["label"] = parquet_graph._int_chunk(pc.fill_null(chunk, -1), where, row0)
+                values["label"] = parquet_graph.int_chunk(pc.fill_null(chunk, -1), where, row0)
             else:
-                values.setdefault("masks", {})[name] = parquet_graph._bool_chunk(chunk)
+                values.setdefault("masks", {})[name] = parquet_graph.bool_chunk(chunk)
         if count:
             writer.add_nodes(count, **values)
         row0 += count
@@ -151,34 +151,18 @@ def _check_node_rows(node_rows: int | None, num_nodes: int, nodes_path: Path, wh
 
 
 def _spill_edge_list(path: Path, writer: SpillWriter, rows: int, progress) -> SpilledGraph:
-    import pandas as pd
-
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     layout = edgelist.sniff(path)
-    size, lo, hi = path.stat().st_size, 0, -1
+    lo, hi = 0, -1
     try:
-        with path.open("rb") as handle:
-            reader = pd.read_csv(
-                handle, sep=layout.delimiter or r"\s+", header=None, comment="#",
-                dtype=np.int64, engine="c", skipinitialspace=True, chunksize=max(1, rows),
-                skiprows=[layout.header_line - 1] if layout.header_line else None,
-            )
-            for frame in reader:
-                if frame.shape[1] != 2:
-                    raise ValueError(f"{frame.shape[1]} columns")
-                src, dst = frame[0].to_numpy(), frame[1].to_numpy()
-                writer.add_edges(src, dst)
-                if src.size:
-                    lo = min(lo, int(src.min()), int(dst.min()))
-                    hi = max(hi, int(src.max()), int(dst.max()))
-                report(progress, "read edges", min(handle.tell(), size), size)
+        for src, dst in edgelist.edge_chunks(path, layout, rows, progress):
+            writer.add_edges(src, dst)
+            if src.size:
+                lo = min(lo, int(src.min()), int(dst.min()))
+                hi = max(hi, int(src.max()), int(dst.max()))
     except (ValueError, OverflowError) as exc:
-        message = edgelist.find_bad_line(path, layout)
-        if message is None:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            message = f"{path}: cannot parse edge list ({reason})"
-        raise InputError(message) from None
+        raise edgelist.parse_error(path, layout, exc) from None
     nodes_path = path.parent / parquet_graph.NODES_FILE
     node_rows = _spill_nodes(nodes_path, writer, _node_rows(rows), progress) if nodes_path.exists() else None
     if node_rows is not None:
@@ -189,7 +173,7 @@ def _spill_edge_list(path: Path, writer: SpillWriter, rows: int, progress) -> Sp
     return _finish(writer, name=sanitize_name(path.stem), source=str(path), num_nodes=num_nodes,
                    num_classes=None, id_range=(lo, hi), id_where=(str(path), str(path)),
                    label_where=f"{nodes_path}: column 'label'",
-                   row_labels=(edgelist._row_label(path, layout, "src"), edgelist._row_label(path, layout, "dst")))
+                   row_labels=(edgelist.row_label(path, layout, "src"), edgelist.row_label(path, layout, "dst")))
 
 
 # ---------------------------------------------------------------- DGL file
