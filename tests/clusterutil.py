@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -74,3 +75,17 @@ def record_fault(fault: str, how: str, stopped_in: float, cause: str, left: list
     fault tests with `pytest -s` and collect the lines starting FAULT-MATRIX)."""
     print("FAULT-MATRIX " + json.dumps({"fault": fault, "how": how, "stopped_in_s": round(stopped_in, 1),
                                         "root_cause": cause, "left": left}))
+
+
+@contextlib.contextmanager
+def small_tmpfs(folder: Path, size: str):
+    """A real file system of `size` (tmpfs, e.g. "2m") mounted at a new `folder`: a disk
+    that fills up. Mounting needs root, which CI has."""
+    if os.geteuid() != 0:
+        raise AssertionError("this test mounts a tmpfs and needs root; CI runs as root")
+    folder.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], check=True)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)

@@ -14,7 +14,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from clusterutil import LAUNCH, REPO, TESTS, free_port, only_run, port_free, record_fault, run_launch, wait_gone
+from clusterutil import (
+    LAUNCH, REPO, TESTS, free_port, only_run, port_free, record_fault, run_launch, small_tmpfs, wait_gone,
+)
 from distgnn import predictions, runlog
 
 BIN = Path(LAUNCH[0]).parent
@@ -393,16 +395,9 @@ def test_sigkill_of_the_launcher_leaves_no_process_and_no_port_behind(tmp_path, 
 
 @pytest.fixture()
 def tiny_disk(tmp_path):
-    """A real 16 KiB file system (tmpfs): too small for one checkpoint. Root only."""
-    import os
-
-    if os.geteuid() != 0:
-        pytest.fail("this test mounts a tmpfs and needs root; CI runs as root")
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(mount)], check=True)
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=True)
+    """A 16 KiB file system: too small for one checkpoint."""
+    with small_tmpfs(tmp_path / "tiny", "16k") as mount:
+        yield mount
 
 
 def test_a_full_checkpoint_disk_is_the_root_cause_in_one_line(tmp_path, pubmed1, tiny_disk):

@@ -7,9 +7,7 @@ out-of-core path; the CLI tests use real budgets.
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +19,7 @@ from distgnn.errors import InputError
 from distgnn.graph import load_graph
 from distgnn.partition import budget, shards
 from distgnn.partition.run import PartitionConfig, run
+from clusterutil import small_tmpfs
 from partition_graphs import PUBMED
 from test_partition_cli import _nothing_left, _one_line_error, _run
 from test_to_dgl import _check_against_input
@@ -283,14 +282,9 @@ def test_dry_run_prints_the_plan_for_a_budget(tmp_path):
 
 @pytest.fixture()
 def small_disk(tmp_path):
-    """A real 2 MiB file system (tmpfs), root only."""
-    if os.geteuid() != 0:
-        pytest.fail("this test mounts a tmpfs and needs root; CI runs as root")
-    mount = tmp_path / "small"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], check=True)
-    yield mount
-    subprocess.run(["umount", str(mount)], check=True)
+    """A 2 MiB file system."""
+    with small_tmpfs(tmp_path / "small", "2m") as mount:
+        yield mount
 
 
 def test_a_temporary_disk_too_small_is_refused_before_anything_is_written(tmp_path, small_disk):

@@ -18,8 +18,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
 from distgnn.errors import InputError
 from distgnn.graph import dglfile, edgelist, parquet_graph, synthetic
 from distgnn.graph.data import MASK_NAMES
