@@ -137,3 +137,25 @@ def test_heartbeat_lines_are_found_even_inside_other_output():
     assert split_heartbeat(line) == (Heartbeat("trainer", 2, 77, 40), "")
     assert split_heartbeat("epoch 3 lo" + line) == (Heartbeat("trainer", 2, 77, 40), "epoch 3 lo")
     assert split_heartbeat("plain") == (None, "plain")
+
+
+def test_the_worker_whose_error_leads_the_log_is_blamed_whatever_torchruns_order():
+    """Both workers of a one-host group exit 1 when one fails on its own (a full disk) and
+    the other loses it; torchrun lists them in either order."""
+    from pathlib import Path
+
+    from distgnn.launcher.plan import ProcessSpec
+    from distgnn.launcher.supervise import failure_of
+
+    def report(first: int, second: int) -> list[str]:
+        return ["Failures:", "[1]:", f"  rank      : {first} (local_rank: {first})", "  exitcode  : 1 (pid: 8)",
+                "Root Cause (first observed failure):", "[0]:", f"  rank      : {second} (local_rank: {second})",
+                "  exitcode  : 1 (pid: 9)"]
+
+    error = "train: error: cannot write checkpoint of epoch 0 to /ck: No space left on device (global rank 0)"
+    peer = "RuntimeError: [../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer"
+    spec = ProcessSpec(host="h", host_index=0, role="trainer", rank=0, argv=[], env={}, log_path=Path("x.log"),
+                       local=True, ports=[])
+    for order in ((1, 0), (0, 1)):
+        cause = failure_of(spec, 1, [error, peer, *report(*order)], ended_at=0.0)
+        assert cause.worker == "trainer global rank 0 exit code 1" and not cause.lost_peer

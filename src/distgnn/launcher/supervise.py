@@ -407,7 +407,7 @@ def failure_of(spec: ProcessSpec, exit_code: int | None, lines: list[str], ended
         time=ended_at,
         log_path=str(spec.log_path),
         log_tail=own[-TAIL_LINES:],
-        worker=torchrun_root_cause(lines) if trainer else None,
+        worker=torchrun_root_cause(lines, error_rank(error)) if trainer else None,
         error=error,
         # A process that explained its own failure did not merely lose a peer, even when a
         # worker beside it in the same torchrun group then did.
@@ -450,16 +450,16 @@ def before_torchrun_report(lines: list[str]) -> list[str]:
     return lines
 
 
-def _torchrun_failed_worker(lines: list[str]) -> tuple[int, int] | None:
+def _torchrun_failed_worker(lines: list[str], own_error_rank: int | None = None) -> tuple[int, int] | None:
     """(global rank, exit code) of the worker to blame in torchrun's failure report; a
     negative code is a signal.
 
     A worker killed by a signal, wherever the report lists it: torchrun's own "Root Cause"
     is the failure it observed first, and a worker that died of its peer's SIGKILL can be
-    observed first. Otherwise the first worker listed (the report puts other failures
-    above its root cause; with a one-host group whose worker failed on its own and whose
-    peer then lost the connection, the first listed was the one that failed on its own in
-    the tests: a killed sampler, a failed step)."""
+    observed first. Else the worker whose one-line error leads the group's log
+    (`own_error_rank`, from the error's "(global rank N)"): in a one-host group both
+    workers exit 1 when one fails on its own and the other loses it, and torchrun lists
+    them in either order. Else the first worker listed."""
     pairs, rank = [], None
     for line in lines:
         if rank is None and (m := _TORCHRUN_RANK.match(line)):
@@ -470,12 +470,22 @@ def _torchrun_failed_worker(lines: list[str]) -> tuple[int, int] | None:
     if not pairs:
         return None
     killed = [p for p in pairs if p[1] < 0]
-    return (killed or pairs)[0]
+    explained = [p for p in pairs if p[0] == own_error_rank]
+    return (killed or explained or pairs)[0]
 
 
-def torchrun_root_cause(lines: list[str]) -> str | None:
-    """torchrun's 'Root Cause' block names the first failed worker: pick its rank and exit code."""
-    found = _torchrun_failed_worker(lines)
+_ERROR_RANK = re.compile(r"\(global rank (\d+)\)$")
+
+
+def error_rank(error: str | None) -> int | None:
+    """The global rank a trainer's one-line error names at its end, if any."""
+    match = _ERROR_RANK.search(error or "")
+    return int(match.group(1)) if match else None
+
+
+def torchrun_root_cause(lines: list[str], own_error_rank: int | None = None) -> str | None:
+    """The worker torchrun's report blames (see _torchrun_failed_worker): its rank and exit code."""
+    found = _torchrun_failed_worker(lines, own_error_rank)
     if found is None:
         return None
     rank, code = found

@@ -43,7 +43,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _error(err: Exception) -> None:
     # Whole, at a line start: the launcher's root cause looks for it (supervise.first_error_line).
-    write_line(sys.stderr, f"train: error: {err}")
+    # Under torchrun the workers of a host share one log, so the line says whose it is.
+    whose = f" (global rank {os.environ['RANK']})" if "TORCHELASTIC_RUN_ID" in os.environ else ""
+    write_line(sys.stderr, f"train: error: {err}{whose}")
 
 
 def _leave(code: int) -> None:
