@@ -197,3 +197,12 @@ def test_torchrun_root_cause_is_read_from_its_report():
     assert torchrun_root_cause([*tail[:-1], "  exitcode  : -9 (pid: 1)"]) == "trainer global rank 3 killed by SIGKILL"
     assert torchrun_root_cause(["Traceback (most recent call last):"]) is None
 
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["-h"], ["--hosts", "ip.txt", "-h"], ["-h", "--", "train"]])
+def test_help_prints_and_exits_0_without_a_train_command(argv, capsys):
+    with pytest.raises(SystemExit) as ended:
+        config_from_args(argv)
+    assert ended.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: launch") and "--hang-timeout" in out

@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def split_train_command(argv: list[str]) -> tuple[list[str], list[str]]:
     """Launch options before `--`; after it the train command, whose arguments are kept as given."""
+    before = argv[:argv.index("--")] if "--" in argv else argv
+    if "-h" in before or "--help" in before:
+        build_parser().parse_args(["--help"])  # prints the help and exits 0
     if "--" not in argv:
         raise InputError("missing '-- train [ARGS...]' after the launch options")
     split = argv.index("--")
