@@ -69,15 +69,16 @@ def start(role: str, rank: int, stream=None) -> threading.Thread | None:
     out = stream or sys.stderr  # line-buffered: each heartbeat is one write
 
     def beat() -> None:
+        import time
+
         from distgnn.runlog import write_line
 
-        stop = threading.Event()
         while True:
             try:
                 write_line(out, format_heartbeat(role, rank, _progress))
             except (OSError, ValueError):
-                return  # stdout is gone: nobody is listening
-            stop.wait(seconds)
+                return  # stderr is gone: nobody is listening
+            time.sleep(seconds)
 
     thread = threading.Thread(target=beat, name="distgnn-heartbeat", daemon=True)
     thread.start()

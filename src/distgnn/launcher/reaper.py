@@ -30,11 +30,10 @@ def _alive(pgid: int) -> bool:
 
 
 def _signal(groups: set[int], sig: int) -> None:
+    from distgnn.launcher.runner import killpg
+
     for pgid in groups:
-        try:
-            os.killpg(pgid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
+        killpg(pgid, sig)
 
 
 def stop_groups(groups: set[int], grace: float) -> None:

@@ -42,7 +42,8 @@ class Runner(Protocol):
     def put_files(self, files: list[tuple[Path, str]], dest: Path, *, timeout: float) -> None: ...
 
 
-def _killpg(pgid: int, sig: int) -> None:
+def killpg(pgid: int, sig: int) -> None:
+    """Signal a process group that may already be gone."""
     try:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
@@ -92,14 +93,14 @@ class LocalProcess:
     reaper: Reaper | None = None
 
     def terminate(self) -> None:
-        _killpg(self.popen.pid, signal.SIGTERM)
+        killpg(self.popen.pid, signal.SIGTERM)
 
     def kill(self) -> None:
-        _killpg(self.popen.pid, signal.SIGKILL)
+        killpg(self.popen.pid, signal.SIGKILL)
 
     def sweep(self) -> None:
         # The leader may be gone while re-parented members of its group live on.
-        _killpg(self.popen.pid, signal.SIGKILL)
+        killpg(self.popen.pid, signal.SIGKILL)
         if self.reaper is not None:
             self.reaper.forget(self.popen.pid)
 
@@ -154,7 +155,7 @@ class RemoteProcess:
     def kill(self) -> None:
         # Dropping the connection also closes remote_exec's stdin; the ssh client is ours to kill.
         self.terminate()
-        _killpg(self.popen.pid, signal.SIGKILL)
+        killpg(self.popen.pid, signal.SIGKILL)
 
     def sweep(self) -> None:
         self.kill()

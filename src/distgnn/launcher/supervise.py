@@ -10,18 +10,19 @@ period.
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
 import threading
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TextIO
 
 from distgnn.launcher.monitor import NULL_MONITOR, NullMonitor, RunMonitor
 from distgnn.launcher.plan import ProcessSpec
-from distgnn.launcher.runner import Running
+from distgnn.launcher.runner import Running, killpg
 from distgnn.heartbeat import split_heartbeat
 from distgnn.metrics import parse_announcement
 
@@ -326,15 +327,11 @@ class Supervisor:
     def _failure(self, w: _Watched) -> ProcessFailure:
         failure = failure_of(w.proc.spec, w.exit_code, list(w.tail), w.ended_at or time.time())
         if w.hang is not None:
-            from dataclasses import replace
-
             failure = replace(failure, hang=w.hang, exit_code=None, signal=None, lost_peer=False)
         return failure
 
 
 def _leads_own_group(pid: int) -> bool:
-    import os
-
     try:
         return os.getpgid(pid) == pid
     except OSError:
@@ -342,8 +339,6 @@ def _leads_own_group(pid: int) -> bool:
 
 
 def _signal_pid(pid: int, sig: int) -> None:
-    import os
-
     try:
         os.kill(pid, sig)
     except OSError:
@@ -353,31 +348,25 @@ def _signal_pid(pid: int, sig: int) -> None:
 def _kill_own_sessions(w: "_Watched") -> None:
     """SIGKILL the process groups of workers that torchrun started in sessions of their
     own, once their group leader is known to be one of ours (it may be gone, its pid reused)."""
-    import os
-
+    job = _job_id(w.proc.spec.argv)
+    reaper = getattr(w.proc, "reaper", None)
     for pid in w.pids:
-        if _leads_own_group(pid) and _job_of(pid) == _job_of_spec(w.proc.spec):
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except OSError:
-                pass
-        if w.proc.spec.local:
-            reaper = getattr(w.proc, "reaper", None)
-            if reaper is not None:
-                reaper.forget(pid)
+        if _leads_own_group(pid) and _job_id(_cmdline(pid)) == job:
+            killpg(pid, signal.SIGKILL)
+        if reaper is not None:
+            reaper.forget(pid)
 
 
-def _job_of(pid: int) -> str | None:
+def _cmdline(pid: int) -> list[str]:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            argv = f.read().decode(errors="replace").split("\0")
+            return f.read().decode(errors="replace").split("\0")
     except OSError:
-        return None
-    return argv[argv.index("--job-id") + 1] if "--job-id" in argv[:-1] else None
+        return []
 
 
-def _job_of_spec(spec: ProcessSpec) -> str | None:
-    argv = spec.argv
+def _job_id(argv: list[str]) -> str | None:
+    """The --job-id a launched command carries (every server and trainer argv has one)."""
     return argv[argv.index("--job-id") + 1] if "--job-id" in argv[:-1] else None
 
 

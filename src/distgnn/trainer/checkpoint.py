@@ -26,6 +26,7 @@ from torch import nn
 
 from distgnn.atomic import atomic_write, atomic_write_text
 from distgnn.errors import InputError
+from distgnn.partition.shards import sha256_file
 
 FORMAT = "distgnn-checkpoint"
 VERSION = 1
@@ -80,14 +81,6 @@ def _digest_path(path: Path) -> Path:
     return path.with_name(path.name + DIGEST_SUFFIX)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def damage(path: Path) -> str | None:
     """Why a checkpoint file cannot be trusted (None: its bytes match its digest)."""
     digest = _digest_path(path)
@@ -95,7 +88,7 @@ def damage(path: Path) -> str | None:
         return f"no {digest.name} beside it"
     try:
         expected = digest.read_text().strip()
-        actual = _sha256(path)
+        actual = sha256_file(path)
     except OSError as err:
         return f"unreadable ({err.strerror})"
     return None if actual == expected else "its sha256 does not match (damaged or truncated)"
