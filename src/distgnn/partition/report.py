@@ -147,6 +147,19 @@ def per_part_totals(part: np.ndarray, weights: np.ndarray, num_parts: int) -> np
     return np.bincount(part, weights=weights, minlength=num_parts)
 
 
+def part_balances(part: np.ndarray, vwgt: np.ndarray, names: list[str], rows: list[dict], num_parts: int) -> dict:
+    """max/mean per part of nodes and owned edges (from the parts' rows) and of every other
+    balance constraint (train nodes, other nodes)."""
+    out = {
+        "nodes": balance(np.array([r["nodes"] for r in rows], dtype=np.float64)),
+        "edges": balance(np.array([r["edges"] for r in rows], dtype=np.float64)),
+    }
+    for i, name in enumerate(names):
+        if name not in ("nodes", "in_edges"):
+            out[name] = balance(per_part_totals(part, vwgt[:, i], num_parts))
+    return out
+
+
 def format_report(report: dict, stream: TextIO = sys.stdout) -> None:
     cut = report["edge_cut"]
     print(

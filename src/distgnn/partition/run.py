@@ -23,7 +23,7 @@ from distgnn.partition.metis import (
     MetisOptions, choose_library, largest_weight_total, part_kway, planned_coarsen_to,
     planned_initial_tries,
 )
-from distgnn.partition.report import PhaseMeter, balance, per_part_totals
+from distgnn.partition.report import PhaseMeter, part_balances
 
 METHODS = ("metis", "random")
 LARGE_EDGES = 1_000_000
@@ -302,7 +302,7 @@ def partition_graph(graph: GraphData, config: PartitionConfig, meter: PhaseMeter
             "percent": 100.0 * layout.num_cut / graph.num_edges if graph.num_edges else 0.0,
             "metis_undirected": metis.get("undirected_cut"),
         },
-        "balance": _balances(layout, vwgt, constraint_names, rows),
+        "balance": part_balances(layout.part, vwgt, constraint_names, rows, layout.num_parts),
         "parts": rows,
     }
     del layout, vwgt
@@ -348,18 +348,6 @@ def write_parts(graph: GraphData, layout: plan.Layout, base: shards.PartInfo, st
     for _row, sums in results:
         known.update(sums)
     return [row for row, _sums in results], known
-
-
-def _balances(layout, vwgt, names, rows) -> dict:
-    out = {
-        "nodes": balance(np.array([r["nodes"] for r in rows], dtype=np.float64)),
-        "edges": balance(np.array([r["edges"] for r in rows], dtype=np.float64)),
-    }
-    for i, name in enumerate(names):
-        if name in ("nodes", "in_edges"):
-            continue
-        out[name] = balance(per_part_totals(layout.part, vwgt[:, i], layout.num_parts))
-    return out
 
 
 def _version(name: str) -> str | None:

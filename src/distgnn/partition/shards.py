@@ -241,43 +241,50 @@ def _feat_field(dim: int) -> pa.Field:
 
 
 def nodes_table(nodes: PartNodes) -> pa.Table:
-    fields, arrays = [pa.field("id", pa.int64()), pa.field("orig_id", pa.int64())], [
-        pa.array(nodes.id), pa.array(nodes.orig_id),
-    ]
+    schema = nodes_schema(FeatureSchema(
+        feat_dim=0 if nodes.feat is None else int(nodes.feat.shape[1]),
+        has_label=nodes.label is not None,
+        masks=tuple(m for m in MASK_NAMES if m in nodes.masks),
+    ))
+    arrays = [pa.array(nodes.id), pa.array(nodes.orig_id)]
     if nodes.feat is not None:
-        feat_field = _feat_field(int(nodes.feat.shape[1]))
         flat = pa.array(np.ascontiguousarray(nodes.feat, dtype=np.float32).reshape(-1))
-        fields.append(feat_field)
-        arrays.append(pa.FixedSizeListArray.from_arrays(flat, type=feat_field.type))
+        arrays.append(pa.FixedSizeListArray.from_arrays(flat, type=schema.field("feat").type))
     if nodes.label is not None:
-        fields.append(pa.field("label", pa.int64()))
         arrays.append(pa.array(nodes.label))
-    for name in MASK_NAMES:
-        if name in nodes.masks:
-            fields.append(pa.field(name, pa.bool_()))
-            arrays.append(pa.array(nodes.masks[name]))
-    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+    arrays += [pa.array(nodes.masks[name]) for name in MASK_NAMES if name in nodes.masks]
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def nodes_schema(schema: FeatureSchema) -> pa.Schema:
+    """nodes.parquet's columns for a part with this feature schema."""
+    fields = [pa.field("id", pa.int64()), pa.field("orig_id", pa.int64())]
+    if schema.feat_dim:
+        fields.append(_feat_field(schema.feat_dim))
+    if schema.has_label:
+        fields.append(pa.field("label", pa.int64()))
+    fields += [pa.field(name, pa.bool_()) for name in MASK_NAMES if name in schema.masks]
+    return pa.schema(fields)
+
+
+EDGES_SCHEMA = pa.schema([("src", pa.int64()), ("dst", pa.int64()), ("eid", pa.int64()), ("inner", pa.bool_())])
+HALO_SCHEMA = pa.schema([("id", pa.int64()), ("orig_id", pa.int64()), ("part", pa.int32())])
+ASSIGNMENT_SCHEMA = pa.schema([("orig_id", pa.int64()), ("new_id", pa.int64()), ("part", pa.int32())])
 
 
 def edges_table(edges: PartEdges) -> pa.Table:
-    return pa.table({
-        "src": pa.array(edges.src), "dst": pa.array(edges.dst),
-        "eid": pa.array(edges.eid), "inner": pa.array(edges.inner),
-    })
+    return pa.Table.from_arrays([pa.array(edges.src), pa.array(edges.dst), pa.array(edges.eid),
+                                 pa.array(edges.inner)], schema=EDGES_SCHEMA)
 
 
 def halo_table(halo: PartHalo) -> pa.Table:
-    return pa.table({
-        "id": pa.array(halo.id), "orig_id": pa.array(halo.orig_id),
-        "part": pa.array(halo.part.astype(np.int32, copy=False)),
-    })
+    return pa.Table.from_arrays([pa.array(halo.id), pa.array(halo.orig_id),
+                                 pa.array(halo.part.astype(np.int32, copy=False))], schema=HALO_SCHEMA)
 
 
 def assignment_table(orig_id: np.ndarray, new_id: np.ndarray, part: np.ndarray) -> pa.Table:
-    return pa.table({
-        "orig_id": pa.array(orig_id), "new_id": pa.array(new_id),
-        "part": pa.array(part.astype(np.int32, copy=False)),
-    })
+    return pa.Table.from_arrays([pa.array(orig_id), pa.array(new_id),
+                                 pa.array(part.astype(np.int32, copy=False))], schema=ASSIGNMENT_SCHEMA)
 
 
 def write_part(folder: Path, info: PartInfo, nodes: PartNodes, edges: PartEdges, halo: PartHalo) -> PartInfo:
@@ -331,22 +338,6 @@ class TableWriter:
 
     def abort(self) -> None:
         self._writer.close()
-
-
-def nodes_schema(schema: FeatureSchema) -> pa.Schema:
-    """The schema nodes_table gives a part with this feature schema."""
-    fields = [pa.field("id", pa.int64()), pa.field("orig_id", pa.int64())]
-    if schema.feat_dim:
-        fields.append(_feat_field(schema.feat_dim))
-    if schema.has_label:
-        fields.append(pa.field("label", pa.int64()))
-    fields += [pa.field(name, pa.bool_()) for name in MASK_NAMES if name in schema.masks]
-    return pa.schema(fields)
-
-
-EDGES_SCHEMA = pa.schema([("src", pa.int64()), ("dst", pa.int64()), ("eid", pa.int64()), ("inner", pa.bool_())])
-HALO_SCHEMA = pa.schema([("id", pa.int64()), ("orig_id", pa.int64()), ("part", pa.int32())])
-ASSIGNMENT_SCHEMA = pa.schema([("orig_id", pa.int64()), ("new_id", pa.int64()), ("part", pa.int32())])
 
 
 def write_manifest(root: Path, data: dict, known: dict[str, str] | None = None) -> None:

@@ -30,7 +30,7 @@ from distgnn.partition import coarsen, shards
 from distgnn.partition import layout as plan
 from distgnn.partition.adjacency import DiskCSR, build_csr, in_degree, symmetric_entries
 from distgnn.partition.progress import Progress
-from distgnn.partition.report import PhaseMeter
+from distgnn.partition.report import PhaseMeter, part_balances
 
 MAX_LEVELS = 12
 METIS_KWAY_UFACTOR = 30
@@ -101,7 +101,7 @@ def partition_streaming(ctx: Context, staged: Path) -> tuple[SpilledGraph, dict,
             "percent": 100.0 * lay.num_cut / graph.num_edges if graph.num_edges else 0.0,
             "metis_undirected": facts.get("undirected_cut"),
         },
-        "balance": balances(part, vwgt, names, rows, config.num_parts),
+        "balance": part_balances(part, vwgt, names, rows, config.num_parts),
         "parts": rows,
     }
     if "coarsening" in facts:
@@ -120,19 +120,6 @@ def _whole_mask(graph: SpilledGraph, name: str) -> np.ndarray | None:
     out = np.empty(graph.num_nodes, dtype=np.bool_)
     for start, values in graph.column(name):
         out[start:start + values.shape[0]] = values
-    return out
-
-
-def balances(part: np.ndarray, vwgt: np.ndarray, names: list[str], rows: list[dict], k: int) -> dict:
-    from distgnn.partition.report import balance, per_part_totals
-
-    out = {
-        "nodes": balance(np.array([r["nodes"] for r in rows], dtype=np.float64)),
-        "edges": balance(np.array([r["edges"] for r in rows], dtype=np.float64)),
-    }
-    for i, name in enumerate(names):
-        if name not in ("nodes", "in_edges"):
-            out[name] = balance(per_part_totals(part, vwgt[:, i], k))
     return out
 
 
@@ -274,31 +261,23 @@ class StreamLayout:
         return base.with_suffix(".src"), base.with_suffix(".dst"), base.with_suffix(".eid")
 
 
-def _ranges(counts: np.ndarray) -> tuple[tuple[int, int], ...]:
-    ends = np.cumsum(counts)
-    return tuple((int(e - c), int(e)) for c, e in zip(counts, ends))
-
-
 def stream_layout(ctx: Context, graph: SpilledGraph, part: np.ndarray) -> StreamLayout:
     """Renumber nodes by (part, original id) and split the edges by owner in one pass:
     an edge's id is its owner's range start plus its rank among the owner's edges in
     input order, exactly as plan.plan_layout numbers them."""
     k = ctx.config.num_parts
-    small = plan._small_ints(part, k)
-    node_order = np.argsort(small, kind="stable").astype(np.int64, copy=False)
-    new_id = np.empty(graph.num_nodes, dtype=np.int64)
-    new_id[node_order] = np.arange(graph.num_nodes, dtype=np.int64)
+    nodes = plan.renumber(part, k)
+    small = nodes.small
     chunk = ctx.plan.chunk_edges
     counts = np.zeros(k, dtype=np.int64)
     for _s, dst in chunks(graph.folder / DST, np.int64, graph.num_edges, chunk):
         counts += np.bincount(small[dst], minlength=k)
-    edge_ranges = _ranges(counts)
     folder = ctx.tmp / "layout"
     folder.mkdir()
-    lay = StreamLayout(num_parts=k, part=part, node_order=node_order, new_id=new_id,
-                       node_ranges=_ranges(np.bincount(part, minlength=k)), edge_ranges=edge_ranges,
-                       folder=folder, num_cut=0)
-    next_eid = np.array([lo for lo, _hi in edge_ranges], dtype=np.int64)
+    lay = StreamLayout(num_parts=k, part=part, node_order=nodes.node_order, new_id=nodes.new_id,
+                       node_ranges=nodes.node_ranges, edge_ranges=plan.ranges(counts), folder=folder, num_cut=0)
+    del nodes
+    next_eid = np.array([lo for lo, _hi in lay.edge_ranges], dtype=np.int64)
     with ctx.progress.counter("split edges", graph.num_edges, "edges") as update:
         for start, src, dst in graph.edges(chunk):
             lay.num_cut += _split_chunk(lay, small, src, dst, next_eid)
