@@ -115,10 +115,11 @@ def work_bytes(budget: int, num_nodes: int) -> int:
 
 
 def plan(*, budget: int, num_nodes: int, num_edges: int, feat_dim: int, num_parts: int,
-         method: str, force_streaming: bool = False) -> Plan:
-    """Pick the path and its chunk sizes; InputError when the budget is under the floor."""
+         method: str, force_streaming: bool = False, metis_id_bytes: int = METIS_ID_BYTES) -> Plan:
+    """Pick the path and its chunk sizes; InputError when the budget is under the floor.
+    metis_id_bytes: the id width of the METIS build an in-memory run would use."""
     whole = est.estimate(num_nodes=num_nodes, num_edges=num_edges, feat_dim=feat_dim,
-                         num_parts=num_parts, method=method)
+                         num_parts=num_parts, method=method, metis_id_bytes=metis_id_bytes)
     temp = temp_disk_bytes(num_nodes, num_edges, feat_dim)
     if whole.peak_memory_bytes <= budget and not force_streaming:
         return Plan(path="in-memory", budget_bytes=budget, in_memory_peak_bytes=whole.peak_memory_bytes,

@@ -50,34 +50,23 @@ def config_from_args(args: argparse.Namespace, command: str):
 def dry_run(config) -> None:
     """Print the plan for the input's size; InputError (exit 2) when the disks cannot hold it."""
     from distgnn.graph import probe_graph
-    from distgnn.partition import budget
-    from distgnn.partition.estimate import estimate
-    from distgnn.partition.metis import choose_library
     from distgnn.partition.report import describe_bytes
-    from distgnn.partition.run import check_disk_space, check_num_parts, check_tmp_dir, resolve_budget
+    from distgnn.partition.run import check_disk_space, check_num_parts, check_tmp_dir, plan_for, resolve_budget
 
     probe = probe_graph(config.graph)
     check_num_parts(config, probe.num_nodes)
     budget_bytes, source = resolve_budget(config)
-    route = budget.plan(budget=budget_bytes, num_nodes=probe.num_nodes, num_edges=probe.num_edges,
-                        feat_dim=probe.feat_dim, num_parts=config.num_parts, method=config.method)
-    # the METIS build a run would pick, from the symmetric graph's largest possible size
-    library = choose_library(probe.num_nodes, 2 * probe.num_edges, probe.num_edges)
-    est = estimate(
-        num_nodes=probe.num_nodes, num_edges=probe.num_edges, feat_dim=probe.feat_dim,
-        num_parts=config.num_parts, method=config.method, metis_id_bytes=library.idx_bits // 8,
-    )
-    peak = est.peak_memory_bytes if route.path == "in-memory" else route.peak_bytes
+    route = plan_for(config, budget_bytes, probe)
     approx = "" if probe.exact else " (sizes estimated from the input file)"
     print(f"input: {probe.num_nodes} nodes, {probe.num_edges} edges, feat_dim {probe.feat_dim}{approx}")
     print(f"memory budget: {describe_bytes(budget_bytes)} ({source})")
     print(f"path: {route.describe()}")
-    print(f"estimated peak memory: {describe_bytes(peak)}")
+    print(f"estimated peak memory: {describe_bytes(route.peak_bytes)}")
     if route.path == "streaming":
-        print(f"in memory it would need: {describe_bytes(est.peak_memory_bytes)}")
+        print(f"in memory it would need: {describe_bytes(route.in_memory_peak_bytes)}")
         tmp = check_tmp_dir(config)
         print(f"estimated temporary disk space: {describe_bytes(route.temp_disk_bytes)} in {tmp}")
-    print(f"estimated disk space: {describe_bytes(est.disk_bytes)} in {config.out}")
+    print(f"estimated disk space: {describe_bytes(route.final_disk_bytes)} in {config.out}")
     check_disk_space(config, route)
 
 

@@ -449,15 +449,25 @@ def choose_path(config: PartitionConfig, budget_bytes: int):
     """The budget plan from the input's size (footers, a sample, or the spec)."""
     from distgnn.graph import probe_graph
     from distgnn.graph.load import resolve_spec
-    from distgnn.partition import budget
 
     if resolve_spec(config.graph).kind == "dgl":
         return _dgl_plan(config, budget_bytes)
     probe = probe_graph(config.graph)
     if probe.exact:  # an edge list's node count is a guess from a sample until it is read
         check_num_parts(config, probe.num_nodes)
+    return plan_for(config, budget_bytes, probe)
+
+
+def plan_for(config: PartitionConfig, budget_bytes: int, probe):
+    """The budget plan for a probed input (what `--dry-run` prints and a run follows)."""
+    from distgnn.partition import budget
+    from distgnn.partition.metis import choose_library
+
+    # the METIS build a run would pick, from the symmetric graph's largest possible size
+    library = choose_library(probe.num_nodes, 2 * probe.num_edges, probe.num_edges)
     return budget.plan(budget=budget_bytes, num_nodes=probe.num_nodes, num_edges=probe.num_edges,
-                       feat_dim=probe.feat_dim, num_parts=config.num_parts, method=config.method)
+                       feat_dim=probe.feat_dim, num_parts=config.num_parts, method=config.method,
+                       metis_id_bytes=library.idx_bits // 8)
 
 
 def _dgl_plan(config: PartitionConfig, budget_bytes: int):
