@@ -15,8 +15,7 @@ process's RSS while they stay mapped, read pages only in the page cache.
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -82,7 +81,6 @@ class SpilledGraph:
     has_label: bool = False
     masks: tuple[str, ...] = ()
     num_classes: int | None = None
-    lacks: list[str] = field(default_factory=list)
 
     def edges(self, chunk: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         """(first edge id, src, dst) in input order."""
@@ -163,10 +161,3 @@ class SpillWriter:
 
 def size_on_disk(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.exists() else 0
-
-
-def remove(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass

@@ -400,7 +400,7 @@ def run(config: PartitionConfig, *, stderr=sys.stderr, stdout=sys.stdout, load=N
     try:
         with disk_errors(config, tmp):
             if route is None or route.path == "in-memory":
-                report = _run_in_memory(config, stderr, load)
+                report = _run_in_memory(config, staged, stderr, load)
             else:
                 report = _run_streaming(config, route, tmp, staged, stderr)
             report["memory"] = _memory_facts(route, budget_bytes, source, report)
@@ -485,7 +485,7 @@ def _dgl_plan(config: PartitionConfig, budget_bytes: int):
                        force_streaming=need > budget_bytes)
 
 
-def _run_in_memory(config: PartitionConfig, stderr, load) -> dict:
+def _run_in_memory(config: PartitionConfig, staged: Path, stderr, load) -> dict:
     meter = PhaseMeter(stream=None)
     if load is None:
         from distgnn.graph import load_graph as load
@@ -494,7 +494,7 @@ def _run_in_memory(config: PartitionConfig, stderr, load) -> dict:
     check_num_parts(config, graph.num_nodes)
     if not config.quiet and graph.num_edges >= LARGE_EDGES:
         meter.stream = stderr
-    return partition_graph(graph, config, meter, staging_dir(config.out))
+    return partition_graph(graph, config, meter, staged)
 
 
 def _run_streaming(config: PartitionConfig, route, tmp: Path, staged: Path, stderr) -> dict:

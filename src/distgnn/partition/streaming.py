@@ -24,13 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-from distgnn.graph.spilled import DST, SpilledGraph, append, chunks
+from distgnn.graph.spilled import SpilledGraph, append, chunks
 from distgnn.partition import budget as memory
 from distgnn.partition import coarsen, shards
 from distgnn.partition import layout as plan
 from distgnn.partition.adjacency import DiskCSR, build_csr, in_degree, symmetric_entries
 from distgnn.partition.progress import Progress
-from distgnn.partition.report import PhaseMeter, part_balances
+from distgnn.partition.report import PhaseMeter, part_balances, per_part_totals
 
 MAX_LEVELS = 12
 METIS_KWAY_UFACTOR = 30
@@ -79,7 +79,9 @@ def partition_streaming(ctx: Context, staged: Path) -> tuple[SpilledGraph, dict,
         del degree, train
     part, facts = assign(ctx, graph, vwgt)
     with ctx.meter.phase("layout", "renumber nodes, sort edges into parts on disk"):
-        lay = stream_layout(ctx, graph, part)
+        # an edge belongs to its destination's part: a part owns its nodes' in-degrees
+        owned = per_part_totals(part, vwgt[:, names.index("in_edges")], config.num_parts)
+        lay = stream_layout(ctx, graph, part, owned.astype(np.int64))
     ctx.note_disk()
     base = shards.PartInfo(
         graph_name=graph.name, part_id=0, num_parts=config.num_parts,
@@ -261,21 +263,18 @@ class StreamLayout:
         return base.with_suffix(".src"), base.with_suffix(".dst"), base.with_suffix(".eid")
 
 
-def stream_layout(ctx: Context, graph: SpilledGraph, part: np.ndarray) -> StreamLayout:
+def stream_layout(ctx: Context, graph: SpilledGraph, part: np.ndarray, owned: np.ndarray) -> StreamLayout:
     """Renumber nodes by (part, original id) and split the edges by owner in one pass:
     an edge's id is its owner's range start plus its rank among the owner's edges in
-    input order, exactly as plan.plan_layout numbers them."""
+    input order, exactly as plan.plan_layout numbers them. `owned`: edges per part."""
     k = ctx.config.num_parts
     nodes = plan.renumber(part, k)
     small = nodes.small
     chunk = ctx.plan.chunk_edges
-    counts = np.zeros(k, dtype=np.int64)
-    for _s, dst in chunks(graph.folder / DST, np.int64, graph.num_edges, chunk):
-        counts += np.bincount(small[dst], minlength=k)
     folder = ctx.tmp / "layout"
     folder.mkdir()
     lay = StreamLayout(num_parts=k, part=part, node_order=nodes.node_order, new_id=nodes.new_id,
-                       node_ranges=nodes.node_ranges, edge_ranges=plan.ranges(counts), folder=folder, num_cut=0)
+                       node_ranges=nodes.node_ranges, edge_ranges=plan.ranges(owned), folder=folder, num_cut=0)
     del nodes
     next_eid = np.array([lo for lo, _hi in lay.edge_ranges], dtype=np.int64)
     with ctx.progress.counter("split edges", graph.num_edges, "edges") as update:
