@@ -288,8 +288,9 @@ def test_label_not_below_num_classes(tmp_path):
     assert "column 'label' row 1: label 3 is not below num_classes=3" in _error(folder)
 
 
-def test_no_labeled_node(tmp_path):
-    assert "no node is labeled" in _error(_small(tmp_path, label=[-1, -1, -1, -1]))
+def test_a_graph_with_no_labelled_node_loads_without_classes(tmp_path):
+    graph = load_graph(str(_small(tmp_path, label=[-1, -1, -1, -1])))
+    assert graph.num_classes is None and graph.label.tolist() == [-1] * 4
 
 
 def test_graph_without_edges(tmp_path):
@@ -309,9 +310,14 @@ def test_invalid_meta_json(tmp_path):
     assert "meta.json: line 3: invalid JSON" in _error(folder)
 
 
-def test_meta_num_classes_not_positive(tmp_path):
-    folder = _folder(tmp_path / "g", [0], [1], meta={"num_classes": 0})
-    assert "meta.json: 'num_classes' must be a positive integer, got 0" in _error(folder)
+def test_meta_num_classes_negative(tmp_path):
+    folder = _folder(tmp_path / "g", [0], [1], meta={"num_classes": -1})
+    assert "meta.json: 'num_classes' must be a non-negative integer, got -1" in _error(folder)
+
+
+def test_meta_num_classes_zero_is_an_unlabelled_graph(tmp_path):
+    graph = load_graph(str(_folder(tmp_path / "g", [0, 1], [1, 0], meta={"num_classes": 0})))
+    assert graph.num_classes is None
 
 
 # --- GraphData invariants --------------------------------------------------------

@@ -160,6 +160,12 @@ def test_port_in_use_is_refused_before_anything_starts(tmp_path, shards):
     (["--fanouts", "10,x"], "--fanouts"), (["--batch-size", "0"], "--batch-size 0"), (["--lr", "-1"], "--lr"),
     (["--dropout", "1.5"], "--dropout"), (["--bogus"], "unrecognized arguments: --bogus"),
     (["--precision", "fp16"], "--precision fp16 needs a GPU"), (["--epochs", "0"], "--epochs 0"),
+    (["--model", "gin"], "--model 'gin': expected one of sage, gcn, gat or package.module:factory"),
+    (["--model", "no_such_module_xyz:build"], "cannot import module 'no_such_module_xyz'"),
+    (["--model", "distgnn.errors:InputErrorz"], "module 'distgnn.errors' has no 'InputErrorz'"),
+    (["--model", "distgnn.ports:DEFAULT_SERVER_PORT"], "distgnn.ports.DEFAULT_SERVER_PORT is not callable"),
+    (["--model", "gat", "--heads", "0"], "--heads 0: must be at least 1"),
+    (["--model", "gat", "--heads", "3", "--hidden", "16"], "--hidden 16: must be a multiple of --heads 3"),
 ])
 def test_bad_train_options_are_refused_before_anything_starts(tmp_path, shards, train, needle):
     hosts, _port = local_hosts(tmp_path)
@@ -414,3 +420,27 @@ def test_failing_trainer_names_torchrun_root_cause(tmp_path, shards):
     assert done.returncode == 1 and took < 40, done.stderr
     assert "root cause: host 127.0.0.1 trainer rank 0: exit code 1 (trainer global rank 0 exit code 9)" in done.stderr
     assert wait_gone(only_run(workspace)) == [] and port_free("127.0.0.1", port)
+
+
+@pytest.mark.parametrize("feat, label, needle", [
+    (False, None, "node classification needs node features: the graph has no 'feat' column"),
+    (True, None, "node classification needs labels: the graph has no 'label' column"),
+    (True, -1, "needs labels of at least 2 classes in column 'label': no node is labelled (every label is -1)"),
+], ids=["no-features", "no-labels", "all-unlabelled"])
+def test_node_classification_on_a_graph_lacking_its_columns_is_refused_before_anything_starts(
+        tmp_path, feat, label, needle):
+    n = 40
+    src = np.arange(n, dtype=np.int64)
+    graph = GraphData(name="ring", num_nodes=n, src=src, dst=(src + 1) % n,
+                      feat=np.ones((n, 4), dtype=np.float32) if feat else None,
+                      label=None if label is None else np.full(n, label, dtype=np.int64))
+    config = PartitionConfig(graph="ring", num_parts=1, out=tmp_path / "shards", method="random", quiet=True)
+    partition(config, load=lambda _spec: graph)
+    hosts, _port = local_hosts(tmp_path)
+    argv = [*LAUNCH, "--hosts", str(hosts), "--shards", str(tmp_path / "shards"), "--workspace",
+            str(tmp_path / "ws"), "--metrics-port", "0", "--", "train"]
+    done, _ = run_launch(argv, 60)
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("launch: error: ") and needle in line, line
+    assert not (tmp_path / "ws" / "runs").exists()

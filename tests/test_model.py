@@ -173,7 +173,8 @@ def test_high_degree_bf16_mean_is_exact():
 def test_config_round_trip_and_validation():
     model = GraphSAGE(8, 16, 4, 2, dropout=0.25)
     cfg = model.config()
-    assert cfg == {"in_dim": 8, "hidden": 16, "num_classes": 4, "num_layers": 2, "dropout": 0.25, "feature_norm": "none"}
+    assert cfg == {"in_dim": 8, "hidden": 16, "num_classes": 4, "num_layers": 2, "dropout": 0.25, "feature_norm": "none",
+                   "model": "sage", "heads": 1}
     clone = GraphSAGE.from_config(cfg)
     assert clone.config() == cfg
     assert [tuple(p.shape) for p in clone.parameters()] == [tuple(p.shape) for p in model.parameters()]

@@ -140,3 +140,31 @@ def test_random_method_is_recorded(small_partition):
     manifest = shards.read_manifest(small_partition)
     assert manifest.data["method"] == "random" and manifest.data["seed"] == 5
     assert [p["nodes"] for p in manifest.data["parts"]] == [250, 250]
+
+
+@pytest.mark.parametrize("budget", [[], ["--memory-budget", "200MiB"]], ids=["in-memory", "streaming"])
+def test_a_graph_without_features_or_labels_partitions_and_the_report_says_so(tmp_path, budget):
+    """A road network: edges, and a nodes table whose every label is -1 (meta: num_classes 0)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    graph = tmp_path / "roads"
+    graph.mkdir()
+    rng = np.random.default_rng(0)
+    src = rng.integers(0, 3000, 20000)
+    pq.write_table(pa.table({"src": src, "dst": (src + rng.integers(1, 50, 20000)) % 3000}), graph / "edges.parquet")
+    pq.write_table(pa.table({"label": np.full(3000, -1, dtype=np.int64)}), graph / "nodes.parquet")
+    (graph / "meta.json").write_text(json.dumps({"name": "roads", "num_classes": 0}))
+    proc = _run("--graph", graph, "--num-parts", 2, "--out", tmp_path / "out", *budget)
+    assert proc.returncode == 0, proc.stderr
+    assert "node data: no features, no labels (every label is -1), no train/val/test masks" in proc.stdout
+    manifest = shards.read_manifest(tmp_path / "out")
+    assert manifest.schema.feat_dim == 0 and manifest.schema.num_classes is None
+    assert sum(p["nodes"] for p in manifest.data["parts"]) == 3000
+
+
+def test_the_report_names_what_a_graph_carries(tmp_path):
+    proc = _run("--graph", PUBMED, "--num-parts", 1, "--out", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+    assert "node data: 500-d features, labels (3 classes), masks train/val/test" in proc.stdout

@@ -97,16 +97,18 @@ def read_meta(path: Path) -> Meta:
     name = raw.get("name")
     if name is not None and not isinstance(name, str):
         raise InputError(f"{path}: 'name' must be a string")
-    return Meta(name=name, num_classes=_positive(raw, "num_classes", path),
+    # num_classes 0 says what an absent one says: no classes (an unlabelled graph).
+    return Meta(name=name, num_classes=_positive(raw, "num_classes", path, zero_ok=True) or None,
                 num_nodes=_positive(raw, "num_nodes", path))
 
 
-def _positive(raw: dict, key: str, path: Path) -> int | None:
+def _positive(raw: dict, key: str, path: Path, zero_ok: bool = False) -> int | None:
     value = raw.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise InputError(f"{path}: '{key}' must be a positive integer, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or value < (0 if zero_ok else 1):
+        what = "a non-negative" if zero_ok else "a positive"
+        raise InputError(f"{path}: '{key}' must be {what} integer, got {value!r}")
     return value
 
 
@@ -285,9 +287,8 @@ def build_graph(*, name: str, source: str, src: np.ndarray, dst: np.ndarray,
     label = nodes.label if nodes else None
     if label is not None:
         where = f"{nodes.path}: column 'label'"
+        # No labelled node (all -1) is a valid graph, for tasks that need no labels.
         num_classes = num_classes or infer_num_classes(label)
-        if num_classes is None:
-            raise InputError(f"{where}: no node is labeled (all labels are -1)")
         check_labels(label, num_classes, where)
     return GraphData(name=name, num_nodes=num_nodes, src=src, dst=dst,
                      feat=nodes.feat if nodes else None, label=label,

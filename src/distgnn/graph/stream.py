@@ -215,15 +215,13 @@ def _find_bad_ids(graph: SpilledGraph, column: str, where: str, row_label) -> No
         check_node_ids(batch[index], graph.num_nodes, where, row0=batch[0], row_label=row_label)
 
 
-def _check_spilled_labels(graph: SpilledGraph, num_classes: int | None, where: str) -> int:
+def _check_spilled_labels(graph: SpilledGraph, num_classes: int | None, where: str) -> int | None:
     lo, hi = 0, -1
     for _start, label in graph.column("label"):
         if label.size:
             lo, hi = min(lo, int(label.min())), max(hi, int(label.max()))
-    num_classes = num_classes or (hi + 1 if hi >= 0 else None)
-    if num_classes is None:
-        raise InputError(f"{where}: no node is labeled (all labels are -1)")
-    if lo < -1 or hi >= num_classes:
+    num_classes = num_classes or (hi + 1 if hi >= 0 else None)  # None: no labelled node, a valid graph
+    if lo < -1 or (num_classes is not None and hi >= num_classes):
         for start, label in graph.column("label"):
             try:
                 check_labels(label, num_classes, where)

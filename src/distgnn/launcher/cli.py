@@ -88,9 +88,18 @@ def check_train_command(ns: argparse.Namespace, train_args: list[str]) -> None:
     # what the launcher itself adds to every trainer's command (plan._trainer_group)
     placed = ["--shards", str(ns.shards), "--ip-config", str(ns.hosts)]
     try:
-        check_train_args([*placed, *given], on_gpu=ns.gpus_per_host > 0)
+        python_path = parse_env_pairs(ns.env).get("PYTHONPATH")
+        check_train_args([*placed, *given], on_gpu=ns.gpus_per_host > 0, python_path=python_path)
     except InputError as err:
         raise InputError(f"train options: {err}") from None
+    from distgnn.partition import shards
+    from distgnn.trainer.cluster import check_node_data
+
+    try:
+        manifest = shards.read_manifest(ns.shards)
+    except (InputError, OSError):
+        return  # the plan reads the manifest again and reports what is wrong with it
+    check_node_data(ns.shards, manifest.schema)
 
 
 def config_from_args(argv: list[str]) -> LaunchConfig:

@@ -15,6 +15,7 @@ from distgnn.ip_config import HostEntry, is_local
 from distgnn.launcher import rundir
 from distgnn.launcher.config import LaunchConfig, TCMALLOC
 from distgnn.metrics import file_sd_path
+from distgnn.trainer import shm
 from distgnn.ports import metrics_port
 
 
@@ -128,6 +129,8 @@ def plan_run(
         hang_timeout_s=cfg.hang_timeout_s,
     )
     env = _base_env(cfg, cpu_count)
+    # The job's own /dev/shm names: two jobs of one graph on a host would open each other's.
+    env[shm.ENV] = shm.tag_for(job_id, run_dir)
     for index, entry in enumerate(hosts):
         is_here = is_local(entry, local)
         for k in range(cfg.servers_per_host):

@@ -160,6 +160,18 @@ def part_balances(part: np.ndarray, vwgt: np.ndarray, names: list[str], rows: li
     return out
 
 
+def describe_node_data(schema: dict) -> str:
+    """What the shards carry and what they lack, e.g. 'no features, no labels, masks train'."""
+    parts = [f"{schema['feat_dim']}-d features" if schema["feat_dim"] else "no features"]
+    if schema["has_label"] and schema.get("num_classes"):
+        parts.append(f"labels ({schema['num_classes']} classes)")
+    else:
+        parts.append("no labels" + (" (every label is -1)" if schema["has_label"] else ""))
+    masks = [m.removesuffix("_mask") for m in schema["masks"]]
+    parts.append(f"masks {'/'.join(masks)}" if masks else "no train/val/test masks")
+    return ", ".join(parts)
+
+
 def format_report(report: dict, stream: TextIO = sys.stdout) -> None:
     cut = report["edge_cut"]
     print(
@@ -167,6 +179,8 @@ def format_report(report: dict, stream: TextIO = sys.stdout) -> None:
         f"into {report['num_parts']} parts ({report['method']}, seed {report['seed']})",
         file=stream,
     )
+    if "node_data" in report:
+        print(f"node data: {describe_node_data(report['node_data'])}", file=stream)
     metis = report.get("metis") or {}
     if metis:
         tries = metis.get("initial_tries")

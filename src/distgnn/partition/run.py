@@ -312,6 +312,7 @@ def partition_graph(graph: GraphData, config: PartitionConfig, meter: PhaseMeter
     release_free_memory()
     report["phases"] = meter.to_json()
     report["seconds"] = round(time.perf_counter() - start + meter.seconds("load"), 4)
+    report["node_data"] = base.schema.to_json()
     shards.write_manifest(staged, _manifest_data(graph, config, base, report), known)
     return report
 
@@ -511,6 +512,7 @@ def _run_streaming(config: PartitionConfig, route, tmp: Path, staged: Path, stde
     report["phases"] = meter.to_json()
     report["seconds"] = round(time.perf_counter() - start, 4)
     report["temp_disk_bytes"] = ctx.temp_peak_bytes
+    report["node_data"] = base.schema.to_json()
     shards.write_manifest(staged, _manifest_data(graph, config, base, report), known)
     return report
 

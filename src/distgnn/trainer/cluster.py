@@ -67,14 +67,26 @@ def check_inputs(cfg: TrainConfig, world_size: int) -> GraphFacts:
         num_train=sum(part["train_nodes"] for part in manifest.data["parts"]),
         hosts=tuple(h.address for h in hosts),
     )
-    if facts.feat_dim == 0 or facts.num_classes < 2:
-        raise InputError(f"{cfg.shards}: the graph needs node features and at least 2 label classes to train on")
+    check_node_data(cfg.shards, manifest.schema)
     if facts.num_train < world_size and not cfg.predict_only:
         raise InputError(
             f"{cfg.shards}: {facts.num_train} training nodes for {world_size} trainers; "
             "every trainer needs at least one (use fewer trainers)"
         )
     return facts
+
+
+def check_node_data(shards_dir: Path, schema) -> None:
+    """Node classification needs features and labels of at least two classes; say which
+    column the shards lack (the partition report lists what a graph carries)."""
+    task = "node classification"
+    if schema.feat_dim == 0:
+        raise InputError(f"{shards_dir}: {task} needs node features: the graph has no 'feat' column")
+    if not schema.has_label:
+        raise InputError(f"{shards_dir}: {task} needs labels: the graph has no 'label' column")
+    if (schema.num_classes or 0) < 2:
+        why = "no node is labelled (every label is -1)" if not schema.num_classes else "it has only 1 class"
+        raise InputError(f"{shards_dir}: {task} needs labels of at least 2 classes in column 'label': {why}")
 
 
 def host_index() -> int:
@@ -137,7 +149,10 @@ def connect(cfg: TrainConfig, facts: GraphFacts) -> Cluster:
     # A missing server otherwise makes DGL retry for ~51 minutes (DGL-NOTES pitfall 3).
     os.environ.setdefault("DGL_DIST_MAX_TRY_TIMES", "60")
     from distgnn.ip_config import dgl_readable
+    from distgnn.trainer import shm
 
+    tag = shm.current()
+    shm.install(tag)
     try:
         dgl.distributed.initialize(str(dgl_readable(cfg.ip_config)))
     except dgl.distributed.rpc.DistConnectError:
@@ -151,7 +166,7 @@ def connect(cfg: TrainConfig, facts: GraphFacts) -> Cluster:
     dist.init_process_group(backend=backend)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    g = dgl.distributed.DistGraph(facts.graph_name)
+    g = dgl.distributed.DistGraph(shm.graph_name(facts.graph_name, tag))
     return Cluster(
         g=g,
         rank=dist.get_rank(),

@@ -9,7 +9,8 @@ from pathlib import Path
 from distgnn.errors import InputError
 from distgnn.metrics import parse_metrics_port
 from distgnn.ports import DEFAULT_METRICS_PORT
-from distgnn.trainer.model import FEATURE_NORMS
+from distgnn.trainer.custom import split_spec
+from distgnn.trainer.model import BUILTIN_MODELS, FEATURE_NORMS
 from distgnn.trainer.step import OPTIMIZERS
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -64,6 +65,10 @@ class TrainConfig:
     """'adamw' (decoupled weight decay) or 'adam' (L2 in the gradient)."""
     feature_norm: str = "none"
     """'row': L1-normalise each input feature row inside the model; 'none'."""
+    model: str = "sage"
+    """'sage', 'gcn', 'gat', or package.module:factory (distgnn.trainer.custom)."""
+    heads: int = 4
+    """Attention heads per GAT layer."""
     warmup_epochs: int = 1
     min_lr_ratio: float = 0.05
     clip_norm: float = 1.0
@@ -122,6 +127,14 @@ class TrainConfig:
             raise InputError(f"--optimizer {self.optimizer!r}: expected one of {', '.join(OPTIMIZERS)}")
         if self.feature_norm not in FEATURE_NORMS:
             raise InputError(f"--feature-norm {self.feature_norm!r}: expected one of {', '.join(FEATURE_NORMS)}")
+        if self.model not in BUILTIN_MODELS and not all(split_spec(self.model)):
+            raise InputError(f"--model {self.model!r}: expected one of {', '.join(BUILTIN_MODELS)} "
+                             "or package.module:factory")
+        if self.heads < 1:
+            raise InputError(f"--heads {self.heads}: must be at least 1")
+        if self.model == "gat" and self.hidden % self.heads:
+            raise InputError(f"--hidden {self.hidden}: must be a multiple of --heads {self.heads} "
+                             "(GAT's hidden layers join the heads' outputs)")
         if self.precision not in PRECISIONS:
             raise InputError(f"--precision {self.precision!r}: expected one of {', '.join(PRECISIONS)}")
         if self.backend not in BACKENDS:
@@ -175,6 +188,10 @@ def build_parser(raising: bool = False) -> argparse.ArgumentParser:
                         f"start-up (default {DEFAULT_FEATURE_CACHE_MB}; 0: off; includes 4 bytes a node of the graph)")
     p.add_argument("--prefetch", type=int, default=0,
                    help="batches prepared ahead on a background thread (0: off); helps on hosts with spare cores")
+    p.add_argument("--model", default="sage",
+                   help=f"{', '.join(BUILTIN_MODELS)}, or package.module:factory for your own (docs/custom-models.md); "
+                        "default sage")
+    p.add_argument("--heads", type=int, default=4, help="attention heads per GAT layer (default 4)")
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--dropout", type=float, default=0.5)
     p.add_argument("--epochs", type=int, default=20)
@@ -202,10 +219,15 @@ def build_parser(raising: bool = False) -> argparse.ArgumentParser:
     return p
 
 
-def check_train_args(argv: list[str], *, on_gpu: bool) -> TrainConfig:
+def check_train_args(argv: list[str], *, on_gpu: bool, python_path: str | None = None) -> TrainConfig:
     """The train command as `launch` will run it, checked with the trainer's own parser and
-    config: every bad option is an InputError before any process starts."""
+    config: every bad option is an InputError before any process starts. A custom --model is
+    imported here too, with the PYTHONPATH the trainers will get."""
     cfg = config_from_args(argv, raising=True)
+    if cfg.model not in BUILTIN_MODELS:
+        from distgnn.trainer.custom import load_factory
+
+        load_factory(cfg.model, python_path)
     if cfg.precision == "fp16" and not on_gpu:
         raise InputError("--precision fp16 needs a GPU (launch with --gpus-per-host N), or use bf16 or fp32")
     return cfg
@@ -225,6 +247,8 @@ def config_from_args(argv: list[str] | None = None, raising: bool = False) -> Tr
         prefetch=ns.prefetch,
         feature_cache_mb=ns.feature_cache_mb,
         hidden=ns.hidden,
+        model=ns.model,
+        heads=ns.heads,
         dropout=ns.dropout,
         epochs=ns.epochs,
         lr=ns.lr,

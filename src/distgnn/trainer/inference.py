@@ -15,7 +15,7 @@ import torch.distributed as dist
 
 from distgnn import heartbeat, predictions
 from distgnn.trainer.cluster import Cluster
-from distgnn.trainer.model import GraphSAGE
+from distgnn.trainer.model import ModelConfig
 from distgnn.trainer.sampling import make_loader
 
 
@@ -26,8 +26,38 @@ def _my_nodes(g) -> torch.Tensor:
     return dgl.distributed.node_split(everything, g.get_partition_book(), force_even=True)
 
 
+def infer(cluster: Cluster, model: torch.nn.Module, model_cfg: ModelConfig, *, batch_size: int, job_id: str) -> dict:
+    """Layer by layer when the model can run one layer alone (`forward_layer`), else over each
+    node's whole neighbourhood (a custom model without it)."""
+    if hasattr(model, "forward_layer"):
+        return layerwise_inference(cluster, model, model_cfg, batch_size=batch_size, job_id=job_id)
+    return neighbourhood_inference(cluster, model, model_cfg, batch_size=batch_size)
+
+
 @torch.no_grad()
-def layerwise_inference(cluster: Cluster, model: GraphSAGE, *, batch_size: int, job_id: str) -> dict:
+def neighbourhood_inference(cluster: Cluster, model: torch.nn.Module, model_cfg: ModelConfig, *,
+                            batch_size: int) -> dict:
+    """Each node's output from all of its neighbours, num_layers hops deep, in batches of seeds:
+    as deterministic as layer-wise inference, but a node's neighbourhood is recomputed for
+    every batch that needs it. The output doubles as the embedding."""
+    g = cluster.g
+    model.eval()
+    nodes = _my_nodes(g)
+    feat = g.ndata["feat"]
+    loader = make_loader(g, nodes, (-1,) * model_cfg.num_layers, batch_size, shuffle=False)
+    logits = torch.empty(len(nodes), model_cfg.num_classes)
+    where = torch.empty(g.num_nodes(), dtype=torch.int64)
+    where[nodes] = torch.arange(len(nodes))
+    for input_nodes, seeds, sampled in loader:
+        layers = [s.graph.to(cluster.device) for s in sampled]
+        logits[where[seeds]] = model(layers, feat[input_nodes].to(cluster.device)).float().cpu()
+        heartbeat.tick()
+    return {"nodes": nodes, "logits": logits, "embeddings": logits}
+
+
+@torch.no_grad()
+def layerwise_inference(cluster: Cluster, model: torch.nn.Module, model_cfg: ModelConfig, *, batch_size: int,
+                        job_id: str) -> dict:
     """Returns this rank's node ids with logits and the last hidden layer's embeddings."""
     import dgl
 
@@ -36,8 +66,7 @@ def layerwise_inference(cluster: Cluster, model: GraphSAGE, *, batch_size: int, 
     nodes = _my_nodes(g)
     h_in = g.ndata["feat"]
     outputs = []
-    for i in range(model.num_layers):
-        out_dim = model.cfg.layer_dims()[i][1]
+    for i, (_, out_dim) in enumerate(model_cfg.layer_dims()):
         h_out = dgl.distributed.DistTensor(
             (g.num_nodes(), out_dim), torch.float32, name=f"{job_id}_infer_{i}", persistent=False
         )

@@ -24,7 +24,7 @@ from distgnn.trainer import step as steps
 from distgnn.trainer.cluster import Cluster, GraphFacts, split_nodes
 from distgnn.trainer.config import TrainConfig
 from distgnn.trainer.features import FeatureCache, build_cache, rows_within
-from distgnn.trainer.model import GraphSAGE
+from distgnn.trainer.model import ModelConfig, build_model
 from distgnn.trainer.sampling import PartLocality, iterate_batches, make_loader, prefetched
 
 PHASES = (*METRIC_PHASES, "wait")
@@ -47,6 +47,14 @@ class Progress:
     history: list[dict] = field(default_factory=list)
 
 
+def model_config(cfg: TrainConfig, facts: GraphFacts) -> ModelConfig:
+    """The model a run trains: what its checkpoints record and a resume must match."""
+    return ModelConfig(
+        in_dim=facts.feat_dim, hidden=cfg.hidden, num_classes=facts.num_classes, num_layers=cfg.num_layers,
+        dropout=float(cfg.dropout), feature_norm=cfg.feature_norm, model=cfg.model, heads=cfg.heads,
+    )
+
+
 @dataclass
 class Trainer:
     cfg: TrainConfig
@@ -54,19 +62,13 @@ class Trainer:
     cluster: Cluster
     metrics: object
     log: object
-    model: GraphSAGE = field(init=False)
+    model: torch.nn.Module = field(init=False)
 
     def __post_init__(self) -> None:
         c = self.cluster
         torch.manual_seed(self.cfg.seed)  # identical initial weights on every rank
-        self.model = GraphSAGE(
-            in_dim=self.facts.feat_dim,
-            hidden=self.cfg.hidden,
-            num_classes=self.facts.num_classes,
-            num_layers=self.cfg.num_layers,
-            dropout=self.cfg.dropout,
-            feature_norm=self.cfg.feature_norm,
-        ).to(c.device)
+        self.model_config = model_config(self.cfg, self.facts)
+        self.model = build_model(self.model_config).to(c.device)
         torch.manual_seed(self.cfg.seed * 1000 + c.rank)  # per-rank dropout and shuffling
         self.precision = steps.Precision.parse(self.cfg.precision, c.device)
         self.ddp = steps.wrap_ddp(self.model, c.device)
@@ -116,7 +118,7 @@ class Trainer:
     def resume(self, path) -> None:
         """Continue from a checkpoint that `run.check_checkpoint` found and vetted."""
         flag = "--resume" if self.cfg.resume else "--predict-only"
-        state = ckpt.load_checkpoint(path, model_config=self.model.config(), flag=flag)
+        state = ckpt.load_checkpoint(path, model_config=dataclasses.asdict(self.model_config), flag=flag)
         progress = ckpt.apply_state(
             state, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
             rank=self.cluster.rank,
@@ -135,7 +137,7 @@ class Trainer:
             return
         state = ckpt.make_state(
             model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
-            model_config=self.model.config(), train_config=self.cfg.to_json(),
+            model_config=dataclasses.asdict(self.model_config), train_config=self.cfg.to_json(),
             progress=dataclasses.asdict(self.progress), rng=rngs,
         )
         try:

@@ -1,4 +1,4 @@
-"""GraphSAGE on plain edge-index tensors.
+"""GNN stacks (GraphSAGE, GCN, GAT) on plain edge-index tensors.
 
 This module must not import dgl: DGL from PyPI is CPU-only and cannot be
 installed next to the torch of a GPU machine, so the sampler hands over each
@@ -123,10 +123,15 @@ def mean_aggregate(layer: LayerGraph, h_src: torch.Tensor) -> torch.Tensor:
 
     One sparse (CSR) matrix product with the layer's 1/in-degree matrix: the per-edge
     messages are never materialised, which made forward+backward ~3x faster than a gather
-    and index_add_ on CPU. It runs in float32 with autocast off: low-precision sums lose the
-    low bits of high-degree nodes, and sparse kernels lack bf16/fp16 variants on CPU.
+    and index_add_ on CPU.
     """
-    adj = layer.with_mean_matrix().adj
+    return sparse_product(layer.with_mean_matrix().adj, h_src)
+
+
+def sparse_product(adj: torch.Tensor, h_src: torch.Tensor) -> torch.Tensor:
+    """adj @ h_src for a CSR matrix, differentiable in h_src. It runs in float32 with autocast
+    off: low-precision sums lose the low bits of high-degree nodes, and sparse kernels lack
+    bf16/fp16 variants on CPU."""
     with torch.autocast(device_type=h_src.device.type, enabled=False):
         if h_src.device.type == "cpu" and h_src.requires_grad:
             out = _CPUSparseMM.apply(adj, h_src.float())
@@ -311,22 +316,31 @@ class SAGELayer(nn.Module):
         return F.linear(both, weight, self.fc_self.bias)
 
 
+BUILTIN_MODELS = ("sage", "gcn", "gat")
+"""`--model` names of the built-in stacks; anything else is `package.module:factory` (`custom`)."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class ModelConfig:
-    """Shape of a GraphSAGE model; what a checkpoint must agree with to be resumed."""
+    """Shape of a model; what a checkpoint must agree with to be resumed. A custom model's
+    factory receives this object."""
 
     in_dim: int
     """Input feature width."""
     hidden: int
-    """Width of every hidden layer."""
+    """Width of every hidden layer (for GAT: all heads together)."""
     num_classes: int
-    """Number of output logits."""
+    """Number of outputs of the last layer."""
     num_layers: int
-    """Number of SAGE layers (= number of sampled blocks per batch)."""
+    """Number of message-passing layers (= number of sampled blocks per batch)."""
     dropout: float
     """Dropout probability between layers."""
     feature_norm: str = "none"
     """'row': scale each input feature row to unit L1 norm (bag-of-words/TF-IDF inputs); 'none'."""
+    model: str = "sage"
+    """'sage', 'gcn', 'gat', or `package.module:factory` for a model of your own."""
+    heads: int = 1
+    """Attention heads of every GAT layer."""
 
     def __post_init__(self) -> None:
         for name in ("in_dim", "hidden", "num_classes", "num_layers"):
@@ -337,32 +351,59 @@ class ModelConfig:
             raise InputError(f"model: dropout must be in [0, 1), got {self.dropout!r}")
         if self.feature_norm not in FEATURE_NORMS:
             raise InputError(f"--feature-norm {self.feature_norm!r}: expected one of {', '.join(FEATURE_NORMS)}")
+        if self.model not in BUILTIN_MODELS and ":" not in self.model:
+            raise InputError(f"--model {self.model!r}: expected one of {', '.join(BUILTIN_MODELS)} "
+                             "or package.module:factory")
+        if isinstance(self.heads, bool) or not isinstance(self.heads, int) or self.heads < 1:
+            raise InputError(f"--heads {self.heads!r}: must be at least 1")
+        if self.model == "gat" and self.hidden % self.heads:
+            raise InputError(f"--hidden {self.hidden}: must be a multiple of --heads {self.heads} "
+                             "(GAT's hidden layers join the heads' outputs)")
 
     def layer_dims(self) -> list[tuple[int, int]]:
         widths = [self.in_dim] + [self.hidden] * (self.num_layers - 1) + [self.num_classes]
         return list(zip(widths[:-1], widths[1:]))
 
+    @property
+    def builtin(self) -> bool:
+        return self.model in BUILTIN_MODELS
 
-class GraphSAGE(nn.Module):
-    """A stack of SAGELayers with ReLU and dropout (one fused module) between them."""
+
+class GNN(nn.Module):
+    """A stack of SAGE, GCN or GAT layers with ReLU and dropout (one fused module) between
+    them. GAT's hidden layers join their heads; its last layer averages them."""
 
     def __init__(
-        self, in_dim: int, hidden: int, num_classes: int, num_layers: int, dropout: float, feature_norm: str = "none"
+        self, in_dim: int, hidden: int, num_classes: int, num_layers: int, dropout: float,
+        feature_norm: str = "none", model: str = "sage", heads: int = 1,
     ) -> None:
         super().__init__()
         self.cfg = ModelConfig(
             in_dim=in_dim, hidden=hidden, num_classes=num_classes, num_layers=num_layers, dropout=float(dropout),
-            feature_norm=feature_norm,
+            feature_norm=feature_norm, model=model, heads=heads,
         )
-        self.layers = nn.ModuleList(SAGELayer(i, o) for i, o in self.cfg.layer_dims())
+        if not self.cfg.builtin:
+            raise InputError(f"--model {model!r}: not a built-in model (use build_model for your own)")
+        dims = self.cfg.layer_dims()
+        self.layers = nn.ModuleList(self._layer(i, o, last=k == len(dims) - 1) for k, (i, o) in enumerate(dims))
         self.activation = ReLUDropout(self.cfg.dropout)
 
+    def _layer(self, in_dim: int, out_dim: int, *, last: bool) -> nn.Module:
+        from distgnn.trainer import convs
+
+        if self.cfg.model == "gcn":
+            return convs.GCNLayer(in_dim, out_dim)
+        if self.cfg.model == "gat":
+            return convs.GATLayer(in_dim, out_dim if last else out_dim // self.cfg.heads, self.cfg.heads)
+        return SAGELayer(in_dim, out_dim)
+
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> GraphSAGE:
-        return cls(**{f.name: config[f.name] for f in dataclasses.fields(ModelConfig)})
+    def from_config(cls, config: dict[str, Any]) -> GNN:
+        defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+        return cls(**{name: config.get(name, default) for name, default in defaults.items()})
 
     def config(self) -> dict[str, Any]:
-        """Plain dict (in_dim, hidden, num_classes, num_layers, dropout) stored in checkpoints."""
+        """Plain dict of the ModelConfig, stored in checkpoints."""
         return dataclasses.asdict(self.cfg)
 
     @property
@@ -371,7 +412,7 @@ class GraphSAGE(nn.Module):
 
     def forward(self, layers: list[LayerGraph], x: torch.Tensor) -> torch.Tensor:
         if len(layers) != self.num_layers:
-            raise ValueError(f"GraphSAGE has {self.num_layers} layers but got {len(layers)} sampled blocks")
+            raise ValueError(f"the model has {self.num_layers} layers but got {len(layers)} sampled blocks")
         h = x
         for i, layer in enumerate(layers):
             h = self.forward_layer(i, layer, h)
@@ -383,6 +424,22 @@ class GraphSAGE(nn.Module):
             # Normalised here, not in the data: training, evaluation and inference all see it.
             h = h / h.abs().sum(dim=1, keepdim=True).clamp_min(1e-12)
         h = self.layers[i](layer, h)
-        if i != self.num_layers - 1:
+        last = i == self.num_layers - 1
+        if self.cfg.model == "gat":
+            h = h.mean(dim=1) if last else h.flatten(1)
+        if not last:
             h = self.activation(h)
         return h
+
+
+GraphSAGE = GNN
+"""The default stack (model='sage'), by its old name."""
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    """A built-in stack, or what a custom factory returns for cfg (`distgnn.trainer.custom`)."""
+    if cfg.builtin:
+        return GNN.from_config(dataclasses.asdict(cfg))
+    from distgnn.trainer import custom
+
+    return custom.build(cfg)

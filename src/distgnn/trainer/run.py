@@ -24,7 +24,7 @@ def check_checkpoint(cfg: TrainConfig, facts) -> Path:
     connecting to anything."""
     from distgnn.runlog import write_line
     from distgnn.trainer.checkpoint import intact_checkpoint, load_checkpoint
-    from distgnn.trainer.model import ModelConfig
+    from distgnn.trainer.loop import model_config
 
     flag = "--resume" if cfg.resume else "--predict-only"
     path, damaged = intact_checkpoint(cfg.checkpoint_dir)
@@ -33,10 +33,7 @@ def check_checkpoint(cfg: TrainConfig, facts) -> Path:
         raise InputError(f"{flag}: no complete checkpoint in {cfg.checkpoint_dir}{why}")
     if damaged:
         write_line(sys.stderr, f"train: {flag}: passing over {'; '.join(damaged)}; using {path.name}")
-    expected = ModelConfig(
-        in_dim=facts.feat_dim, hidden=cfg.hidden, num_classes=facts.num_classes,
-        num_layers=cfg.num_layers, dropout=float(cfg.dropout), feature_norm=cfg.feature_norm,
-    )
+    expected = model_config(cfg, facts)
     load_checkpoint(path, model_config=dataclasses.asdict(expected), flag=flag)
     return path
 
@@ -81,7 +78,8 @@ def train_and_predict(cfg: TrainConfig, facts, cluster, sink, log, resume_from: 
         )
     trainer.use_best_model()
     if cfg.predict_out is not None:
-        result = inference.layerwise_inference(cluster, trainer.model, batch_size=cfg.batch_size, job_id=cfg.job_id)
+        result = inference.infer(cluster, trainer.model, trainer.model_config, batch_size=cfg.batch_size,
+                                 job_id=cfg.job_id)
         path = inference.write_predictions(cluster, result, cfg.predict_out)
         log.message(f"predictions written to {path}")
     dist.barrier()

@@ -108,8 +108,17 @@ def serve(cfg: ServerConfig, part_config: Path, host: str) -> None:
 
     from distgnn import metrics
     from distgnn.ip_config import dgl_readable
-    from distgnn.trainer import local_sampling
+    from distgnn.trainer import local_sampling, shm
 
+    tag = shm.current()
+    if tag:
+        shm.install(tag)
+        lease = shm.hold(tag)
+        swept = shm.sweep(keep=tag)
+        if swept:
+            print(f"distgnn-server: removed the /dev/shm segments of {len(swept)} dead job(s): {', '.join(swept)}",
+                  flush=True)
+        part_config = shm.job_config(part_config, tag, cfg.cache_dir / "jobs", cfg.part)
     sink = metrics.server_metrics(
         cfg.metrics_port, cfg.metrics_addr, job=cfg.job_id, host=host, rank=cfg.dgl_server_id,
         part=cfg.part, server_index=cfg.server_index, servers_per_host=cfg.servers_per_host,
@@ -138,6 +147,9 @@ def serve(cfg: ServerConfig, part_config: Path, host: str) -> None:
     finally:
         sink.set_up(False)
         sink.close()
+        if tag:
+            shm.release(tag, lease)
+            part_config.unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> int:
