@@ -33,7 +33,9 @@ LITERAL = ["--print", "a b", "--name", ";$(touch /tmp/pwned)|&`id`'\"\\ *"]
 def make_shards(folder: Path, parts: int) -> Path:
     n = 40
     src = np.arange(n, dtype=np.int64)
-    ring = GraphData(name="ring", num_nodes=n, src=src, dst=(src + 1) % n)
+    # features and two classes: the real trainer's checks (dry runs, bad options) accept it
+    ring = GraphData(name="ring", num_nodes=n, src=src, dst=(src + 1) % n,
+                     feat=np.ones((n, 2), dtype=np.float32), label=src % 2, num_classes=2)
     config = PartitionConfig(graph="ring", num_parts=parts, out=folder, method="random", quiet=True)
     partition(config, load=lambda _spec: ring)
     return folder
