@@ -537,3 +537,42 @@ def test_built_in_and_custom_models_train_and_predict_through_launch(tmp_path, p
     check_predictions(tmp_path / "pred", 19717)
     assert pubmed_test_accuracy(tmp_path / "pred") >= 0.5
     assert wait_gone(only_run(tmp_path / "ws")) == [] and port_free("127.0.0.1", port)
+
+
+@pytest.fixture(scope="module")
+def pubmed_links(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("pm") / "links"
+    subprocess.run([BIN / "partition", "--graph", REPO / "data" / "pubmed", "--num-parts", "1", "--out", out,
+                    "--link-split", "0.85,0.05,0.1", "--quiet"], check=True, timeout=300)
+    return out
+
+
+def test_link_prediction_trains_resumes_and_writes_embeddings(tmp_path, pubmed_links):
+    """Two trainers with an MLP scorer (parameters DDP must keep equal), checkpoints, resume,
+    and an embedding for every node."""
+    hosts, port = local_hosts(tmp_path)
+    ck = str(tmp_path / "ck")
+    train = ["--task", "link-prediction", "--scorer", "mlp", "--negatives", "2", "--fanouts", "5,5",
+             "--batch-size", "2000", "--hidden", "64", "--lr", "0.005", "--epochs", "3", "--checkpoint-dir", ck]
+    done, _ = run_launch(launch(hosts, pubmed_links, tmp_path / "a", "--trainers-per-host", "2", train=train),
+                         CLUSTER_TIMEOUT_S)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    sums = summaries(only_run(tmp_path / "a"))
+    assert len({s.param_digest for s in sums}) == 1, "DDP must leave the encoder and scorer equal on every rank"
+    best = sums[0]
+    assert best.metric == "mrr" and set(best.scores) == {"val", "test"}
+    assert set(best.scores["test"]) == {"auc", "mrr", "hits@10", "hits@50"}
+    assert best.scores["test"]["auc"] >= 0.8, best.scores  # chance: 0.5
+    assert best.test_acc == best.scores["test"]["mrr"]
+    more = [a if a != "3" else "4" for a in train] + ["--resume", "--predict-out", str(tmp_path / "emb")]
+    done, _ = run_launch(launch(hosts, pubmed_links, tmp_path / "b", "--trainers-per-host", "2", train=more),
+                         CLUSTER_TIMEOUT_S)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "resumed from epoch 2" in done.stdout
+    (log, *_) = runlog.read_run(only_run(tmp_path / "b"))
+    assert [e.epoch for e in log.epochs] == [3] and log.epochs[0].metric == "mrr"
+    table = predictions.read_all(tmp_path / "emb")
+    assert table.column_names == ["node_id", "embedding"]
+    assert np.array_equal(table["node_id"].to_numpy(), np.arange(19717))
+    assert table.schema.field("embedding").type.list_size == 64
+    assert wait_gone(only_run(tmp_path / "b")) == [] and port_free("127.0.0.1", port)

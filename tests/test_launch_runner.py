@@ -168,6 +168,11 @@ def test_port_in_use_is_refused_before_anything_starts(tmp_path, shards):
     (["--model", "distgnn.ports:DEFAULT_SERVER_PORT"], "distgnn.ports.DEFAULT_SERVER_PORT is not callable"),
     (["--model", "gat", "--heads", "0"], "--heads 0: must be at least 1"),
     (["--model", "gat", "--heads", "3", "--hidden", "16"], "--hidden 16: must be a multiple of --heads 3"),
+    (["--task", "edge-regression"], "argument --task: invalid choice: 'edge-regression'"),
+    (["--task", "link-prediction", "--negatives", "0"], "--negatives 0: must be at least 1"),
+    (["--task", "link-prediction", "--scorer", "cosine"], "argument --scorer: invalid choice: 'cosine'"),
+    (["--task", "link-prediction", "--samplers", "1"], "--samplers 1: link prediction samples in the trainer"),
+    (["--task", "link-prediction"], "link prediction needs held-out edges: partition the graph with --link-split"),
 ])
 def test_bad_train_options_are_refused_before_anything_starts(tmp_path, shards, train, needle):
     hosts, _port = local_hosts(tmp_path)
@@ -177,7 +182,7 @@ def test_bad_train_options_are_refused_before_anything_starts(tmp_path, shards, 
     done, took = run_launch(argv, 60)
     assert done.returncode == 2, done.stderr
     (line,) = done.stderr.strip().splitlines()
-    assert line.startswith("launch: error: train options: ") and needle in line, line
+    assert line.startswith("launch: error: ") and needle in line, line
     assert not (tmp_path / "ws" / "runs").exists()  # nothing started
     assert took < 10  # a second or two here; a started server alone takes longer
 

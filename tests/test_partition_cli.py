@@ -142,7 +142,7 @@ def test_random_method_is_recorded(small_partition):
     assert [p["nodes"] for p in manifest.data["parts"]] == [250, 250]
 
 
-@pytest.mark.parametrize("budget", [[], ["--memory-budget", "200MiB"]], ids=["in-memory", "streaming"])
+@pytest.mark.parametrize("budget", [[], ["--memory-budget", "180MiB"]], ids=["in-memory", "streaming"])
 def test_a_graph_without_features_or_labels_partitions_and_the_report_says_so(tmp_path, budget):
     """A road network: edges, and a nodes table whose every label is -1 (meta: num_classes 0)."""
     import numpy as np
@@ -152,19 +152,54 @@ def test_a_graph_without_features_or_labels_partitions_and_the_report_says_so(tm
     graph = tmp_path / "roads"
     graph.mkdir()
     rng = np.random.default_rng(0)
-    src = rng.integers(0, 3000, 20000)
-    pq.write_table(pa.table({"src": src, "dst": (src + rng.integers(1, 50, 20000)) % 3000}), graph / "edges.parquet")
-    pq.write_table(pa.table({"label": np.full(3000, -1, dtype=np.int64)}), graph / "nodes.parquet")
+    n, m = 100_000, 1_500_000  # big enough that 180 MiB means streaming
+    src = rng.integers(0, n, m)
+    pq.write_table(pa.table({"src": src, "dst": (src + rng.integers(1, 50, m)) % n}), graph / "edges.parquet")
+    pq.write_table(pa.table({"label": np.full(n, -1, dtype=np.int64)}), graph / "nodes.parquet")
     (graph / "meta.json").write_text(json.dumps({"name": "roads", "num_classes": 0}))
     proc = _run("--graph", graph, "--num-parts", 2, "--out", tmp_path / "out", *budget)
     assert proc.returncode == 0, proc.stderr
     assert "node data: no features, no labels (every label is -1), no train/val/test masks" in proc.stdout
+    assert ("path: streaming" in proc.stdout) == bool(budget), proc.stdout
     manifest = shards.read_manifest(tmp_path / "out")
     assert manifest.schema.feat_dim == 0 and manifest.schema.num_classes is None
-    assert sum(p["nodes"] for p in manifest.data["parts"]) == 3000
+    assert sum(p["nodes"] for p in manifest.data["parts"]) == n
 
 
 def test_the_report_names_what_a_graph_carries(tmp_path):
     proc = _run("--graph", PUBMED, "--num-parts", 1, "--out", tmp_path / "out")
     assert proc.returncode == 0, proc.stderr
     assert "node data: 500-d features, labels (3 classes), masks train/val/test" in proc.stdout
+
+
+def test_link_split_keeps_training_edges_and_stores_held_out_pairs(tmp_path):
+    proc = _run("--graph", PUBMED, "--num-parts", 2, "--out", tmp_path / "out", "--link-split", "0.85,0.05,0.1",
+                "--seed", 7)
+    assert proc.returncode == 0, proc.stderr
+    assert "link split (seed 7):" in proc.stdout
+    manifest = shards.read_manifest(tmp_path / "out")
+    split = manifest.data["link_split"]
+    assert split["train_edges"] == manifest.num_edges < 88648
+    assert set(shards.LINK_FILES.values()) <= set(manifest.files)
+    src, dst, neg = shards.read_link_pairs(tmp_path / "out", "test")
+    assert src.size == split["test_pairs"] and neg.shape == (src.size, 100)
+    assert neg.min() >= 0 and max(src.max(), dst.max(), neg.max()) < 19717
+    # a held-out pair is in no part's edges, in either direction
+    held = set(zip(src.tolist(), dst.tolist())) | set(zip(dst.tolist(), src.tolist()))
+    for part in range(2):
+        edges = shards.read_part(shards.part_dir(tmp_path / "out", part)).edges
+        assert not held & set(zip(edges.src.tolist(), edges.dst.tolist()))
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--link-split", "0.9,0.1"], "--link-split '0.9,0.1': expected three non-negative numbers"),
+    (["--link-split", "0.98,0.01,0.01", "--graph", "synthetic:nodes=20,degree=1,classes=2,feat_dim=2,seed=0"],
+     "--link-split leaves no"),
+    (["--link-split", "0.85,0.05,0.1", "--memory-budget", "168MiB", "--graph", str(PUBMED)],
+     "--link-split: the split is made in memory"),
+])
+def test_bad_link_split_is_one_line_and_leaves_nothing(tmp_path, args, needle):
+    graph = [] if "--graph" in args else ["--graph", SMALL]
+    proc = _run(*graph, "--num-parts", 1, "--out", tmp_path / "out", *args)
+    _one_line_error(proc, needle)
+    _nothing_left(tmp_path)

@@ -152,6 +152,10 @@ class TrainerMetrics(_Served):
             names + ("split",), registry=reg,
         )
         self._accuracy = {s: _LazyChild(accuracy, {**self.labels, "split": s}) for s in SPLITS}
+        self._score = Gauge(
+            "distgnn_trainer_eval_score", "A task's evaluation metric on a split after the last evaluated epoch "
+            "(link prediction: auc, mrr, hits@10, hits@50).", names + ("split", "metric"), registry=reg,
+        )
         self._gpu = self._gauge("distgnn_trainer_gpu_memory_bytes", "GPU memory allocated by tensors of this rank (CUDA only).")
         self._info = Info("distgnn_trainer", "Versions and training configuration of this trainer.", names, registry=reg)
         _process_collector(reg)
@@ -206,6 +210,12 @@ class TrainerMetrics(_Served):
         self._epoch_seconds.set(seconds)
         for split, value in accuracies.items():
             self._accuracy[split].set(value)
+
+    def eval_scores(self, scores: Mapping[str, Mapping[str, float]]) -> None:
+        """Every metric of every evaluated split ({split: {metric: value}})."""
+        for split, values in scores.items():
+            for metric, value in values.items():
+                self._score.labels(**self.labels, split=split, metric=metric).set(value)
 
     def info(self, config: Mapping[str, object]) -> None:
         """Publish versions and the training configuration as `distgnn_trainer_info`.
@@ -393,6 +403,9 @@ class NullTrainerMetrics:
         pass
 
     def epoch_end(self, epoch: int, seconds: float, accuracies: Mapping[str, float]) -> None:
+        pass
+
+    def eval_scores(self, scores: Mapping[str, Mapping[str, float]]) -> None:
         pass
 
     def info(self, config: Mapping[str, object]) -> None:

@@ -15,10 +15,12 @@ seconds) and `rank`:
   since the epoch started).
 - `epoch`, one per finished epoch: `epoch`, `loss` (mean over its steps), `seeds`,
   `steps`, `seconds`, `seeds_per_s`, `lr`, `phases` (seconds per step phase, summed),
-  `accuracy` ({"train"?, "val"?, "test"?}: the splits evaluated after it).
+  `accuracy` ({"train"?, "val"?, "test"?}: the task's metric on the splits evaluated after
+  it; accuracy for node classification), and for other tasks `metric` (its name, e.g.
+  "mrr") and `scores` ({split: {metric: value}}: every metric, e.g. auc, mrr, hits@10).
 - `message`: `text` (early stop, where predictions went, ...).
-- `summary`, once at the end of training: `best_epoch`, `best_val_acc`, `test_acc`,
-  `epochs`, `param_digest`.
+- `summary`, once at the end of training: `best_epoch`, `best_val_acc`, `test_acc` (the
+  task's metric), `epochs`, `param_digest`, and for other tasks `metric` and `scores`.
 
 Numbers that are not finite (a diverged loss, an accuracy over no nodes) are written as
 JSON null. Each line is written and flushed whole; a final line without a newline (the
@@ -132,30 +134,45 @@ class RunLogWriter:
         train_acc: float | None = None,
         val_acc: float | None = None,
         test_acc: float | None = None,
+        metric: str = "accuracy",
+        scores: Mapping[str, Mapping[str, float]] | None = None,
     ) -> None:
-        """One finished epoch; accuracies only for the splits evaluated after it."""
+        """One finished epoch; the task's metric (`metric`, accuracy for node classification)
+        only for the splits evaluated after it, and with `scores` every metric of them."""
         accuracy = {s: _number(v) for s, v in (("train", train_acc), ("val", val_acc), ("test", test_acc)) if v is not None}
         if seeds_per_s is None and seconds > 0:
             seeds_per_s = seeds / seconds
+        extra = {} if metric == "accuracy" else {"metric": metric}
+        if scores:
+            extra["scores"] = {s: {k: _number(v) for k, v in m.items()} for s, m in scores.items()}
         self._write(
             "epoch", epoch=epoch, loss=_number(loss), seeds=seeds, steps=steps, seconds=seconds,
             seeds_per_s=_number(seeds_per_s), lr=_number(lr),
-            phases={k: float(v) for k, v in (phases or {}).items()}, accuracy=accuracy,
+            phases={k: float(v) for k, v in (phases or {}).items()}, accuracy=accuracy, **extra,
         )
-        shown = " ".join(f"{k} acc {v:.4f}" for k, v in accuracy.items() if v is not None)
+        name = "acc" if metric == "accuracy" else metric
+        shown = " ".join(f"{k} {name} {v:.4f}" for k, v in accuracy.items() if v is not None)
+        if scores:
+            shown += "".join(f" | {s} " + " ".join(f"{k} {v:.4f}" for k, v in m.items()) for s, m in scores.items())
         self._say(f"epoch {epoch} done in {seconds:.1f}s: loss {loss:.4f} {shown}".rstrip())
 
     def message(self, text: str) -> None:
         self._write("message", text=text)
         self._say(text)
 
-    def summary(self, *, best_epoch: int, best_val_acc: float, test_acc: float, epochs: int, param_digest: str) -> None:
-        """The end of training: the best epoch by validation accuracy and its test accuracy."""
+    def summary(self, *, best_epoch: int, best_val_acc: float, test_acc: float, epochs: int, param_digest: str,
+                metric: str = "accuracy", scores: Mapping[str, Mapping[str, float]] | None = None) -> None:
+        """The end of training: the best epoch by the validation metric and its test value
+        (best_val_acc and test_acc hold the task's metric; `scores` all of them)."""
+        extra = {} if metric == "accuracy" else {"metric": metric}
+        if scores:
+            extra["scores"] = {s: {k: _number(v) for k, v in m.items()} for s, m in scores.items()}
         self._write(
             "summary", best_epoch=best_epoch, best_val_acc=_number(best_val_acc), test_acc=_number(test_acc),
-            epochs=epochs, param_digest=param_digest,
+            epochs=epochs, param_digest=param_digest, **extra,
         )
-        self._say(f"best epoch {best_epoch}: val acc {best_val_acc:.4f}, test acc {test_acc:.4f}")
+        name = "acc" if metric == "accuracy" else metric
+        self._say(f"best epoch {best_epoch}: val {name} {best_val_acc:.4f}, test {name} {test_acc:.4f}")
 
     def close(self) -> None:
         self._out.close()
@@ -187,13 +204,16 @@ class NullRunLog:
         train_acc: float | None = None,
         val_acc: float | None = None,
         test_acc: float | None = None,
+        metric: str = "accuracy",
+        scores: Mapping[str, Mapping[str, float]] | None = None,
     ) -> None:
         pass
 
     def message(self, text: str) -> None:
         pass
 
-    def summary(self, *, best_epoch: int, best_val_acc: float, test_acc: float, epochs: int, param_digest: str) -> None:
+    def summary(self, *, best_epoch: int, best_val_acc: float, test_acc: float, epochs: int, param_digest: str,
+                metric: str = "accuracy", scores: Mapping[str, Mapping[str, float]] | None = None) -> None:
         pass
 
     def close(self) -> None:
@@ -248,6 +268,9 @@ class EpochRecord:
     lr: float | None
     phases: Mapping[str, float]
     accuracy: Mapping[str, float | None]
+    """The task's metric per evaluated split (accuracy for node classification)."""
+    metric: str = "accuracy"
+    scores: Mapping[str, Mapping[str, float | None]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -258,6 +281,8 @@ class SummaryRecord:
     test_acc: float | None
     epochs: int
     param_digest: str
+    metric: str = "accuracy"
+    scores: Mapping[str, Mapping[str, float | None]] = field(default_factory=dict)
 
 
 @dataclass(kw_only=True)
@@ -345,6 +370,14 @@ def _optional(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
+def _scores(value: Any) -> dict[str, dict[str, float | None]]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(m, dict) for m in value.values()):
+        raise ValueError("scores must map splits to {metric: number}")
+    return {str(s): {str(k): _optional(v) for k, v in m.items()} for s, m in value.items()}
+
+
 def _add(log: RankLog, record: dict[str, Any]) -> None:
     kind = record["kind"]
     if int(record["rank"]) != log.rank:
@@ -365,6 +398,7 @@ def _add(log: RankLog, record: dict[str, Any]) -> None:
             seeds_per_s=_optional(record["seeds_per_s"]), lr=_optional(record["lr"]),
             phases={str(k): float(v) for k, v in record["phases"].items()},
             accuracy={k: _optional(v) for k, v in accuracy.items()},
+            metric=str(record.get("metric", "accuracy")), scores=_scores(record.get("scores")),
         ))
     elif kind == "message":
         log.messages.append(str(record["text"]))
@@ -373,6 +407,7 @@ def _add(log: RankLog, record: dict[str, Any]) -> None:
             time=float(record["time"]), best_epoch=int(record["best_epoch"]),
             best_val_acc=_optional(record["best_val_acc"]), test_acc=_optional(record["test_acc"]),
             epochs=int(record["epochs"]), param_digest=str(record["param_digest"]),
+            metric=str(record.get("metric", "accuracy")), scores=_scores(record.get("scores")),
         )
     else:
         raise ValueError(f"unknown kind {kind!r}")

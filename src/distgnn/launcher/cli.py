@@ -89,17 +89,17 @@ def check_train_command(ns: argparse.Namespace, train_args: list[str]) -> None:
     placed = ["--shards", str(ns.shards), "--ip-config", str(ns.hosts)]
     try:
         python_path = parse_env_pairs(ns.env).get("PYTHONPATH")
-        check_train_args([*placed, *given], on_gpu=ns.gpus_per_host > 0, python_path=python_path)
+        train = check_train_args([*placed, *given], on_gpu=ns.gpus_per_host > 0, python_path=python_path)
     except InputError as err:
         raise InputError(f"train options: {err}") from None
     from distgnn.partition import shards
-    from distgnn.trainer.cluster import check_node_data
+    from distgnn.trainer.cluster import check_task_data
 
     try:
         manifest = shards.read_manifest(ns.shards)
     except (InputError, OSError):
         return  # the plan reads the manifest again and reports what is wrong with it
-    check_node_data(ns.shards, manifest.schema)
+    check_task_data(ns.shards, manifest, train.task)
 
 
 def config_from_args(argv: list[str]) -> LaunchConfig:

@@ -167,8 +167,9 @@ def preflight(cfg: LaunchConfig, plan: RunPlan, runners: list[Runner]) -> list[i
 def stage_files(plan: RunPlan, index: int) -> list[tuple[Path, str]]:
     """What host `index` receives in its run folder: (local source, name there).
 
-    The ip_config goes to every remote host; with staged shards, a host gets the manifest
-    and its own part folder only."""
+    The ip_config goes to every remote host; with staged shards, a host gets the manifest,
+    link prediction's held-out pairs when the shards have them (every trainer scores its
+    share), and its own part folder only."""
     files: list[tuple[Path, str]] = []
     if not plan.host_is_local(index):
         files.append((plan.ip_config_path, plan.ip_config_path.name))
@@ -176,6 +177,7 @@ def stage_files(plan: RunPlan, index: int) -> list[tuple[Path, str]]:
         root, staged = plan.shards_source, plan.shards_path.relative_to(plan.run_dir)
         part = shards.part_dir(root, index)
         files.append((root / shards.MANIFEST, str(staged / shards.MANIFEST)))
+        files += [(root / name, str(staged / name)) for name in shards.LINK_FILES.values() if (root / name).exists()]
         files.append((part, str(staged / part.relative_to(root))))
     return files
 

@@ -29,6 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--memory-budget", metavar="SIZE",
                         help="most memory the run may hold, e.g. 768MiB or 16GiB (default: 75%% of the memory "
                              "available); a graph that does not fit is streamed through --tmp-dir")
+    parser.add_argument("--link-split", metavar="TRAIN,VAL,TEST",
+                        help="for link prediction: split the edges (e.g. 0.85,0.05,0.1, seeded by --seed); only "
+                             "training edges stay in the graph, validation and test pairs are stored with fixed "
+                             "negatives (default: no split)")
     parser.add_argument("--tmp-dir", type=Path, metavar="DIR",
                         help="folder for temporary files when streaming (default: beside --out); removed at the end")
     return parser
@@ -36,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace, command: str):
     from distgnn.partition.budget import parse_size
+    from distgnn.partition.linksplit import parse_fractions
     from distgnn.partition.run import PartitionConfig
 
     return PartitionConfig(
@@ -44,6 +49,7 @@ def config_from_args(args: argparse.Namespace, command: str):
         quiet=args.quiet, dry_run=args.dry_run, command=command,
         memory_budget=None if args.memory_budget is None else parse_size(args.memory_budget),
         tmp_dir=args.tmp_dir,
+        link_split=None if args.link_split is None else parse_fractions(args.link_split),
     )
 
 

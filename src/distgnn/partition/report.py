@@ -181,6 +181,11 @@ def format_report(report: dict, stream: TextIO = sys.stdout) -> None:
     )
     if "node_data" in report:
         print(f"node data: {describe_node_data(report['node_data'])}", file=stream)
+    links = report.get("link_split")
+    if links:
+        print(f"link split (seed {links['seed']}): {links['train_edges']} training edges kept; "
+              f"{links['val_pairs']} validation and {links['test_pairs']} test pairs held out, "
+              f"{links['negatives']} fixed negatives each", file=stream)
     metis = report.get("metis") or {}
     if metis:
         tries = metis.get("initial_tries")

@@ -64,6 +64,8 @@ class PartitionConfig:
     """Where the streaming path keeps its temporary files; None: beside --out."""
     command: str = ""
     """The command line recorded in the manifest."""
+    link_split: tuple[float, float, float] | None = None
+    """Fractions of train, validation and test edges for link prediction (linksplit); None: no split."""
 
     def __post_init__(self) -> None:
         if self.num_parts < 1:
@@ -272,6 +274,14 @@ def partition_graph(graph: GraphData, config: PartitionConfig, meter: PhaseMeter
     start = time.perf_counter()
     check_num_parts(config, graph.num_nodes)
     num_parts = config.num_parts
+    links = None
+    if config.link_split is not None:
+        from distgnn.partition import linksplit
+
+        with meter.phase("link split", "hold out validation and test edges"):
+            links = linksplit.split_edges(graph.src, graph.dst, graph.num_nodes, config.link_split, config.seed,
+                                          config.graph)
+            graph = replace(graph, src=graph.src[links.train], dst=graph.dst[links.train])
     vwgt, constraint_names = plan.vertex_weights(graph)
     staged.mkdir()
     big = sum(a.nbytes for a in (graph.src, graph.dst, graph.feat) if a is not None) >= SPILL_BYTES
@@ -288,6 +298,8 @@ def partition_graph(graph: GraphData, config: PartitionConfig, meter: PhaseMeter
     )
     with meter.phase("write", f"{num_parts} part folders"):
         rows, known = write_parts(graph, layout, base, staged)
+        if links is not None:
+            known.update(write_link_pairs(staged, links, layout.new_id))
 
     report = {
         "graph_name": graph.name,
@@ -313,8 +325,19 @@ def partition_graph(graph: GraphData, config: PartitionConfig, meter: PhaseMeter
     report["phases"] = meter.to_json()
     report["seconds"] = round(time.perf_counter() - start + meter.seconds("load"), 4)
     report["node_data"] = base.schema.to_json()
+    if links is not None:
+        report["link_split"] = links.summary()
     shards.write_manifest(staged, _manifest_data(graph, config, base, report), known)
     return report
+
+
+def write_link_pairs(staged: Path, links, new_id: np.ndarray) -> dict[str, str]:
+    """The validation and test pairs, renumbered like the nodes; returns their checksums."""
+    known = {}
+    for name, pairs in (("val", links.val), ("test", links.test)):
+        known[shards.LINK_FILES[name]] = shards.write_link_pairs(
+            staged, name, new_id[pairs.src], new_id[pairs.dst], new_id[pairs.neg])
+    return known
 
 
 def write_parts(graph: GraphData, layout: plan.Layout, base: shards.PartInfo, staged: Path) -> tuple[list[dict], dict[str, str]]:
@@ -376,6 +399,7 @@ def _manifest_data(graph: GraphData, config: PartitionConfig, base: shards.PartI
         ],
         "report": {k: report[k] for k in ("edge_cut", "balance", "phases", "seconds", "coarsening",
                                           "temp_disk_bytes") if k in report},
+        **({"link_split": report["link_split"]} if "link_split" in report else {}),
         "versions": {n: _version(n) for n in ("distgnn", "dgl", "pymetis", "numpy", "pyarrow")},
         "command": config.command,
     }
@@ -396,6 +420,9 @@ def run(config: PartitionConfig, *, stderr=sys.stderr, stdout=sys.stdout, load=N
     else:
         route = choose_path(config, budget_bytes)
         check_disk_space(config, route)
+    if config.link_split is not None and route is not None and route.path == "streaming":
+        raise InputError(f"--link-split: the split is made in memory, and this graph needs the streaming path "
+                         f"under the memory budget ({route.describe()}); raise --memory-budget")
     staged = staging_dir(config.out)
     tmp = temp_dir(config) if route is not None and route.path == "streaming" else None
     try:

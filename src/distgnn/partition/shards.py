@@ -39,6 +39,9 @@ NODES = "nodes.parquet"
 EDGES = "edges.parquet"
 HALO = "halo.parquet"
 PART_FILES = (NODES, EDGES, HALO)
+LINK_FILES = {"val": "link_val.parquet", "test": "link_test.parquet"}
+"""Link prediction's held-out pairs (partition --link-split), at the root: src, dst (new ids)
+and neg, the fixed negative destinations of each pair."""
 
 _HASH_CHUNK = 8 << 20
 _WRITE_BATCH_ROWS = 1 << 16
@@ -338,6 +341,34 @@ class TableWriter:
 
     def abort(self) -> None:
         self._writer.close()
+
+
+def link_pairs_schema(negatives: int) -> pa.Schema:
+    return pa.schema([("src", pa.int64()), ("dst", pa.int64()), ("neg", pa.list_(pa.int64(), negatives))])
+
+
+def write_link_pairs(root: Path, split: str, src: np.ndarray, dst: np.ndarray, neg: np.ndarray) -> str:
+    """Write one held-out split of link prediction; returns its sha256."""
+    neg = np.ascontiguousarray(neg, dtype=np.int64)
+    table = pa.Table.from_arrays(
+        [pa.array(src, pa.int64()), pa.array(dst, pa.int64()),
+         pa.FixedSizeListArray.from_arrays(pa.array(neg.reshape(-1)), neg.shape[1])],
+        schema=link_pairs_schema(neg.shape[1]),
+    )
+    return _write_table(root / LINK_FILES[split], table)["sha256"]
+
+
+def read_link_pairs(root: str | os.PathLike, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(src, dst, neg [n, k]) of one held-out split; ShardError when the shards have none."""
+    path = Path(root) / LINK_FILES[split]
+    if not path.exists():
+        raise ShardError(f"{path}: missing; partition with --link-split to train link prediction")
+    table = _read_table(path)
+    neg = table.column("neg").combine_chunks()
+    width = neg.type.list_size
+    values = neg.values.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    return (_np(table, "src", path).astype(np.int64), _np(table, "dst", path).astype(np.int64),
+            values.reshape(-1, width))
 
 
 def write_manifest(root: Path, data: dict, known: dict[str, str] | None = None) -> None:

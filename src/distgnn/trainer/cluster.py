@@ -67,8 +67,8 @@ def check_inputs(cfg: TrainConfig, world_size: int) -> GraphFacts:
         num_train=sum(part["train_nodes"] for part in manifest.data["parts"]),
         hosts=tuple(h.address for h in hosts),
     )
-    check_node_data(cfg.shards, manifest.schema)
-    if facts.num_train < world_size and not cfg.predict_only:
+    check_task_data(cfg.shards, manifest, cfg.task)
+    if cfg.task == "node-classification" and facts.num_train < world_size and not cfg.predict_only:
         raise InputError(
             f"{cfg.shards}: {facts.num_train} training nodes for {world_size} trainers; "
             "every trainer needs at least one (use fewer trainers)"
@@ -76,12 +76,20 @@ def check_inputs(cfg: TrainConfig, world_size: int) -> GraphFacts:
     return facts
 
 
-def check_node_data(shards_dir: Path, schema) -> None:
-    """Node classification needs features and labels of at least two classes; say which
-    column the shards lack (the partition report lists what a graph carries)."""
-    task = "node classification"
+def check_task_data(shards_dir: Path, manifest, task: str) -> None:
+    """What the task needs of the shards, with the column or file they lack named: node
+    features for every task, labels of at least two classes for node classification, the
+    held-out edges of `partition --link-split` for link prediction."""
+    schema = manifest.schema
+    name = task.replace("-", " ")
     if schema.feat_dim == 0:
-        raise InputError(f"{shards_dir}: {task} needs node features: the graph has no 'feat' column")
+        raise InputError(f"{shards_dir}: {name} needs node features: the graph has no 'feat' column")
+    if task == "link-prediction":
+        if "link_split" not in manifest.data:
+            raise InputError(f"{shards_dir}: link prediction needs held-out edges: partition the graph with "
+                             "--link-split (e.g. 0.85,0.05,0.1)")
+        return
+    task = name
     if not schema.has_label:
         raise InputError(f"{shards_dir}: {task} needs labels: the graph has no 'label' column")
     if (schema.num_classes or 0) < 2:

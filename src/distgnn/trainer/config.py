@@ -10,10 +10,12 @@ from distgnn.errors import InputError
 from distgnn.metrics import parse_metrics_port
 from distgnn.ports import DEFAULT_METRICS_PORT
 from distgnn.trainer.custom import split_spec
+from distgnn.trainer.linkpred import SCORERS
 from distgnn.trainer.model import BUILTIN_MODELS, FEATURE_NORMS
 from distgnn.trainer.step import OPTIMIZERS
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+TASKS = ("node-classification", "link-prediction")
 
 BACKENDS = ("auto", "gloo", "nccl")
 DEFAULT_FEATURE_CACHE_MB = 512
@@ -65,6 +67,12 @@ class TrainConfig:
     """'adamw' (decoupled weight decay) or 'adam' (L2 in the gradient)."""
     feature_norm: str = "none"
     """'row': L1-normalise each input feature row inside the model; 'none'."""
+    task: str = "node-classification"
+    """'node-classification' or 'link-prediction' (shards partitioned with --link-split)."""
+    negatives: int = 4
+    """Link prediction: uniform negative destinations per positive edge in training."""
+    scorer: str = "dot"
+    """Link prediction: 'dot' or 'mlp' over the two nodes' embeddings."""
     model: str = "sage"
     """'sage', 'gcn', 'gat', or package.module:factory (distgnn.trainer.custom)."""
     heads: int = 4
@@ -130,6 +138,15 @@ class TrainConfig:
         if self.model not in BUILTIN_MODELS and not all(split_spec(self.model)):
             raise InputError(f"--model {self.model!r}: expected one of {', '.join(BUILTIN_MODELS)} "
                              "or package.module:factory")
+        if self.task not in TASKS:
+            raise InputError(f"--task {self.task!r}: expected one of {', '.join(TASKS)}")
+        if self.negatives < 1:
+            raise InputError(f"--negatives {self.negatives}: must be at least 1")
+        if self.scorer not in SCORERS:
+            raise InputError(f"--scorer {self.scorer!r}: expected one of {', '.join(SCORERS)}")
+        if self.task == "link-prediction" and self.samplers:
+            raise InputError(f"--samplers {self.samplers}: link prediction samples in the trainer process "
+                             "(--prefetch overlaps it with the step); use --samplers 0")
         if self.heads < 1:
             raise InputError(f"--heads {self.heads}: must be at least 1")
         if self.model == "gat" and self.hidden % self.heads:
@@ -188,6 +205,12 @@ def build_parser(raising: bool = False) -> argparse.ArgumentParser:
                         f"start-up (default {DEFAULT_FEATURE_CACHE_MB}; 0: off; includes 4 bytes a node of the graph)")
     p.add_argument("--prefetch", type=int, default=0,
                    help="batches prepared ahead on a background thread (0: off); helps on hosts with spare cores")
+    p.add_argument("--task", default="node-classification", choices=TASKS,
+                   help="node-classification (default) or link-prediction (shards from partition --link-split)")
+    p.add_argument("--negatives", type=int, default=4,
+                   help="link prediction: uniform negatives per positive edge in training (default 4)")
+    p.add_argument("--scorer", default="dot", choices=SCORERS,
+                   help="link prediction: score a pair by the dot product of its embeddings, or an MLP (default dot)")
     p.add_argument("--model", default="sage",
                    help=f"{', '.join(BUILTIN_MODELS)}, or package.module:factory for your own (docs/custom-models.md); "
                         "default sage")
@@ -248,6 +271,9 @@ def config_from_args(argv: list[str] | None = None, raising: bool = False) -> Tr
         feature_cache_mb=ns.feature_cache_mb,
         hidden=ns.hidden,
         model=ns.model,
+        task=ns.task,
+        negatives=ns.negatives,
+        scorer=ns.scorer,
         heads=ns.heads,
         dropout=ns.dropout,
         epochs=ns.epochs,

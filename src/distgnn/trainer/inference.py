@@ -59,16 +59,29 @@ def neighbourhood_inference(cluster: Cluster, model: torch.nn.Module, model_cfg:
 def layerwise_inference(cluster: Cluster, model: torch.nn.Module, model_cfg: ModelConfig, *, batch_size: int,
                         job_id: str) -> dict:
     """Returns this rank's node ids with logits and the last hidden layer's embeddings."""
+    nodes = _my_nodes(cluster.g)
+    outputs = layerwise_outputs(cluster, model, model_cfg, batch_size=batch_size, name=f"{job_id}_infer")
+    logits = outputs[-1][nodes]
+    embeddings = outputs[-2][nodes] if len(outputs) > 1 else logits
+    return {"nodes": nodes, "logits": logits, "embeddings": embeddings}
+
+
+@torch.no_grad()
+def layerwise_outputs(cluster: Cluster, model: torch.nn.Module, model_cfg: ModelConfig, *, batch_size: int,
+                      name: str) -> list:
+    """Every layer's output for every node, one DistTensor per layer (`name`_i; every rank
+    calls this together, and drops the tensors together: DGL deletes them collectively)."""
     import dgl
 
     g = cluster.g
+    was_training = model.training
     model.eval()
     nodes = _my_nodes(g)
     h_in = g.ndata["feat"]
     outputs = []
     for i, (_, out_dim) in enumerate(model_cfg.layer_dims()):
         h_out = dgl.distributed.DistTensor(
-            (g.num_nodes(), out_dim), torch.float32, name=f"{job_id}_infer_{i}", persistent=False
+            (g.num_nodes(), out_dim), torch.float32, name=f"{name}_{i}", persistent=False
         )
         # fanout -1: every in-neighbour, one layer at a time.
         loader = make_loader(g, nodes, (-1,), batch_size, shuffle=False)
@@ -82,9 +95,15 @@ def layerwise_inference(cluster: Cluster, model: torch.nn.Module, model_cfg: Mod
         g.barrier()
         outputs.append(h_out)
         h_in = h_out
-    logits = outputs[-1][nodes]
-    embeddings = outputs[-2][nodes] if len(outputs) > 1 else logits
-    return {"nodes": nodes, "logits": logits, "embeddings": embeddings}
+    model.train(was_training)
+    return outputs
+
+
+def write_embeddings(cluster: Cluster, result: dict, out_dir: Path) -> Path:
+    """Link prediction: every node's embedding (the encoder's output) with its original id."""
+    orig_ids = cluster.g.ndata["orig_id"][result["nodes"]]
+    return predictions.write_embeddings(out_dir, rank=cluster.rank, orig_id=orig_ids.numpy(),
+                                        embedding=result["logits"].numpy())
 
 
 def write_predictions(cluster: Cluster, result: dict, out_dir: Path) -> Path:

@@ -12,11 +12,12 @@ import math
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
 from distgnn import heartbeat
-from distgnn.errors import RunFailure
+from distgnn.errors import InputError, RunFailure
 from distgnn.metrics import PHASES as METRIC_PHASES
 from distgnn.trainer import checkpoint as ckpt
 from distgnn.trainer import local_sampling
@@ -24,8 +25,10 @@ from distgnn.trainer import step as steps
 from distgnn.trainer.cluster import Cluster, GraphFacts, split_nodes
 from distgnn.trainer.config import TrainConfig
 from distgnn.trainer.features import FeatureCache, build_cache, rows_within
+from distgnn.trainer import linkpred
 from distgnn.trainer.model import ModelConfig, build_model
-from distgnn.trainer.sampling import PartLocality, iterate_batches, make_loader, prefetched
+from distgnn.partition import shards
+from distgnn.trainer.sampling import LayerSampler, PartLocality, iterate_batches, make_loader, prefetched
 
 PHASES = (*METRIC_PHASES, "wait")
 """Where a step's time goes. With prefetching, sample and fetch run on a background thread and
@@ -44,15 +47,31 @@ class Progress:
     best_epoch: int = -1
     evals_without_improvement: int = 0
     best_model: dict | None = None
+    best_scores: dict | None = None
+    """Link prediction: every metric of the best evaluation."""
     history: list[dict] = field(default_factory=list)
 
 
 def model_config(cfg: TrainConfig, facts: GraphFacts) -> ModelConfig:
-    """The model a run trains: what its checkpoints record and a resume must match."""
+    """The node model a run trains. For link prediction its output is the node embedding,
+    --hidden wide."""
+    outputs = cfg.hidden if cfg.task == LINK else facts.num_classes
     return ModelConfig(
-        in_dim=facts.feat_dim, hidden=cfg.hidden, num_classes=facts.num_classes, num_layers=cfg.num_layers,
+        in_dim=facts.feat_dim, hidden=cfg.hidden, num_classes=outputs, num_layers=cfg.num_layers,
         dropout=float(cfg.dropout), feature_norm=cfg.feature_norm, model=cfg.model, heads=cfg.heads,
     )
+
+
+def checkpoint_config(cfg: TrainConfig, facts: GraphFacts) -> dict:
+    """What a checkpoint records of the model and a resume must match: the node model, the
+    task, and the link scorer."""
+    out = {**dataclasses.asdict(model_config(cfg, facts)), "task": cfg.task}
+    if cfg.task == LINK:
+        out["scorer"] = cfg.scorer
+    return out
+
+
+LINK = "link-prediction"
 
 
 @dataclass
@@ -68,21 +87,36 @@ class Trainer:
         c = self.cluster
         torch.manual_seed(self.cfg.seed)  # identical initial weights on every rank
         self.model_config = model_config(self.cfg, self.facts)
+        self.checkpoint_config = checkpoint_config(self.cfg, self.facts)
         self.model = build_model(self.model_config).to(c.device)
+        self.link = self.cfg.task == LINK
+        if self.link and not hasattr(self.model, "forward_layer"):
+            raise InputError(f"--model {self.cfg.model}: link prediction embeds every node layer by layer to "
+                             "evaluate, so the model needs forward_layer (docs/custom-models.md)")
+        # what is trained: the node model, or for link prediction the node model and its scorer
+        self.net = (linkpred.LinkModel(self.model, linkpred.Scorer(self.cfg.scorer, self.cfg.hidden)).to(c.device)
+                    if self.link else self.model)
         torch.manual_seed(self.cfg.seed * 1000 + c.rank)  # per-rank dropout and shuffling
         self.precision = steps.Precision.parse(self.cfg.precision, c.device)
-        self.ddp = steps.wrap_ddp(self.model, c.device)
-        self.optimizer = steps.make_optimizer(self.model, self.cfg.lr, self.cfg.weight_decay, self.cfg.optimizer)
+        self.ddp = steps.wrap_ddp(self.net, c.device)
+        self.optimizer = steps.make_optimizer(self.net, self.cfg.lr, self.cfg.weight_decay, self.cfg.optimizer)
         self.scaler = steps.make_grad_scaler(self.precision, c.device)
         self.locality = PartLocality(c.g)
         if not local_sampling.install(c.g.local_partition, c.g.get_partition_book()):
             self.log.message("part-local sampling: DGL's own id translation (the part graph is not in "
                              "distgnn's layout, or DGL's sampling internals differ from 2.1's)")
-        self.train_nids = split_nodes(c.g, "train_mask")
-        self.val_nids = split_nodes(c.g, "val_mask")
-        self.test_nids = split_nodes(c.g, "test_mask")
-        self.train_loader = make_loader(c.g, self.train_nids, self.cfg.fanouts, self.cfg.batch_size, shuffle=True)
-        local_steps = math.ceil(len(self.train_nids) / self.cfg.batch_size)
+        if self.link:
+            self.train_eids = linkpred.my_edges(c.g)
+            self.sampler = LayerSampler(self.cfg.fanouts, int(c.g.num_nodes()))
+            self.held_out = {split: shards.read_link_pairs(self.cfg.shards, split) for split in ("val", "test")}
+            local_steps = math.ceil(len(self.train_eids) / self.cfg.batch_size)
+        else:
+            self.train_nids = split_nodes(c.g, "train_mask")
+            self.val_nids = split_nodes(c.g, "val_mask")
+            self.test_nids = split_nodes(c.g, "test_mask")
+            self.train_loader = make_loader(c.g, self.train_nids, self.cfg.fanouts, self.cfg.batch_size, shuffle=True)
+            local_steps = math.ceil(len(self.train_nids) / self.cfg.batch_size)
+        self.evaluations = 0
         # force_even splits make the counts equal already; agreeing on the minimum keeps DDP safe anyway.
         self.steps_per_epoch = steps.agree_num_steps(local_steps)
         total = max(1, self.steps_per_epoch * self.cfg.epochs)
@@ -118,9 +152,9 @@ class Trainer:
     def resume(self, path) -> None:
         """Continue from a checkpoint that `run.check_checkpoint` found and vetted."""
         flag = "--resume" if self.cfg.resume else "--predict-only"
-        state = ckpt.load_checkpoint(path, model_config=dataclasses.asdict(self.model_config), flag=flag)
+        state = ckpt.load_checkpoint(path, model_config=self.checkpoint_config, flag=flag)
         progress = ckpt.apply_state(
-            state, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
+            state, model=self.net, optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
             rank=self.cluster.rank,
         )
         self.progress = Progress(**progress)
@@ -136,8 +170,8 @@ class Trainer:
         if self.cluster.rank != 0:
             return
         state = ckpt.make_state(
-            model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
-            model_config=dataclasses.asdict(self.model_config), train_config=self.cfg.to_json(),
+            model=self.net, optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
+            model_config=self.checkpoint_config, train_config=self.cfg.to_json(),
             progress=dataclasses.asdict(self.progress), rng=rngs,
         )
         try:
@@ -152,11 +186,14 @@ class Trainer:
     def train_epoch(self, epoch: int) -> dict:
         self.ddp.train()
         c = self.cluster
-        batches = prefetched(
-            iterate_batches(c.g, self.train_loader, self.locality, feat_bytes_per_node=self.feat_bytes,
-                            cache=self.cache),
-            self.cfg.prefetch,
-        )
+        if self.link:
+            source = linkpred.edge_batches(
+                c.g, self.sampler, self.train_eids, batch_size=self.cfg.batch_size, negatives=self.cfg.negatives,
+                shuffle=True, locality=self.locality, feat_bytes_per_node=self.feat_bytes, cache=self.cache)
+        else:
+            source = iterate_batches(c.g, self.train_loader, self.locality, feat_bytes_per_node=self.feat_bytes,
+                                     cache=self.cache)
+        batches = prefetched(source, self.cfg.prefetch)
         totals = dict.fromkeys(PHASES, 0.0)
         loss_sum, seen, n = 0.0, 0, 0
         t_epoch = t_step = time.perf_counter()
@@ -164,9 +201,13 @@ class Trainer:
             if i >= self.steps_per_epoch:
                 break  # never more steps than the slowest rank: DDP would wait forever
             layers, x, y = steps.move_batch(batch.layers, batch.x, batch.y, c.device)
+            extra, loss_fn, count = (), None, len(batch.seeds)
+            if self.link:
+                extra = tuple(rows.to(c.device) for rows in batch.pairs)
+                loss_fn, count = linkpred.link_loss, int(batch.y.sum())  # positive edges
             result = steps.train_step(
                 self.ddp, self.optimizer, self.scaler, layers, x, y,
-                precision=self.precision, clip_norm=self.cfg.clip_norm,
+                precision=self.precision, clip_norm=self.cfg.clip_norm, extra=extra, loss_fn=loss_fn,
             )
             self.scheduler.step()
             heartbeat.tick()
@@ -175,13 +216,13 @@ class Trainer:
             for k in PHASES:
                 totals[k] += phases.get(k, 0.0)
             n += 1
-            seen += len(batch.seeds)
+            seen += count
             loss_sum += result.loss
             now = time.perf_counter()
             self.metrics.step(
                 phases={k: v for k, v in phases.items() if k in METRIC_PHASES},
                 seconds=now - t_step,
-                seeds=len(batch.seeds),
+                seeds=count,
                 sampled_edges=batch.sampled_edges,
                 remote_bytes=batch.remote_bytes,
                 loss=result.loss,
@@ -221,17 +262,47 @@ class Trainer:
         dist.all_reduce(counts)
         return float(counts[0] / counts[1]) if counts[1] > 0 else float("nan")
 
+    def link_scores(self) -> dict[str, dict[str, float]]:
+        """Every metric of the validation and test pairs, the same on every rank."""
+        from distgnn.trainer import inference
+
+        c = self.cluster
+        self.evaluations += 1
+        outputs = inference.layerwise_outputs(c, self.model, self.model_config, batch_size=self.cfg.batch_size,
+                                              name=f"{self.cfg.job_id}_lp{self.evaluations}")
+        embeddings, scores = outputs[-1], {}
+        for split, (src, dst, neg) in self.held_out.items():
+            mine = linkpred.shares(src.size, c.rank, c.world_size)
+            pos, negs = linkpred.score_pairs(embeddings, self.net.scorer, src[mine], dst[mine], neg[mine], c.device)
+            gathered = [None] * c.world_size
+            dist.all_gather_object(gathered, (pos, negs))
+            scores[split] = linkpred.link_metrics(np.concatenate([g[0] for g in gathered]),
+                                                  np.concatenate([g[1] for g in gathered]))
+            heartbeat.tick()
+        del outputs, embeddings
+        self.model.train()
+        return scores
+
     def evaluate(self, epoch: int) -> dict:
-        val = self.accuracy(self.val_nids)
-        test = self.accuracy(self.test_nids)
+        scores = None
+        if self.link:
+            scores = self.link_scores()
+            val, test = scores["val"][linkpred.VAL_METRIC], scores["test"][linkpred.VAL_METRIC]
+        else:
+            val = self.accuracy(self.val_nids)
+            test = self.accuracy(self.test_nids)
         p = self.progress
         if val > p.best_val:
             p.best_val, p.best_test, p.best_epoch = val, test, epoch
             p.evals_without_improvement = 0
-            p.best_model = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+            p.best_model = {k: v.detach().cpu().clone() for k, v in self.net.state_dict().items()}
+            p.best_scores = scores
         else:
             p.evals_without_improvement += 1
-        return {"val_acc": val, "test_acc": test}
+        out = {"val_acc": val, "test_acc": test}
+        if scores is not None:
+            out.update(metric=linkpred.VAL_METRIC, scores=scores)
+        return out
 
     def fit(self) -> Progress:
         cfg = self.cfg
@@ -243,15 +314,19 @@ class Trainer:
             self.progress.epoch = epoch
             record = {"epoch": epoch, **stats, "lr": self.scheduler.get_last_lr()[0]}
             self.progress.history.append({k: v for k, v in record.items() if k != "phases"})
-            self.metrics.epoch_end(epoch=epoch, seconds=stats["seconds"], accuracies={
+            scores = stats.get("scores")
+            self.metrics.epoch_end(epoch=epoch, seconds=stats["seconds"], accuracies={} if scores else {
                 k.removesuffix("_acc"): v for k, v in stats.items() if k.endswith("_acc")
             })
+            if scores:
+                self.metrics.eval_scores(scores)
             if self.cluster.device.type == "cuda":
                 self.metrics.gpu_memory(torch.cuda.max_memory_allocated(self.cluster.device))
             self.log.epoch(**record)
             self.save()
             if cfg.patience and self.progress.evals_without_improvement >= cfg.patience:
-                self.log.message(f"early stop after epoch {epoch}: val accuracy has not improved for "
+                metric = linkpred.VAL_METRIC if self.link else "accuracy"
+                self.log.message(f"early stop after epoch {epoch}: val {metric} has not improved for "
                                  f"{cfg.patience} evaluations (best {self.progress.best_val:.4f} at epoch "
                                  f"{self.progress.best_epoch})")
                 break
@@ -260,11 +335,11 @@ class Trainer:
     def param_digest(self) -> str:
         """sha256 of the trained parameters: equal on every rank when DDP kept them in sync."""
         h = hashlib.sha256()
-        for name, tensor in sorted(self.model.state_dict().items()):
+        for name, tensor in sorted(self.net.state_dict().items()):
             h.update(name.encode())
             h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
         return h.hexdigest()
 
     def use_best_model(self) -> None:
         if self.progress.best_model is not None:
-            self.model.load_state_dict(self.progress.best_model)
+            self.net.load_state_dict(self.progress.best_model)

@@ -24,7 +24,7 @@ def check_checkpoint(cfg: TrainConfig, facts) -> Path:
     connecting to anything."""
     from distgnn.runlog import write_line
     from distgnn.trainer.checkpoint import intact_checkpoint, load_checkpoint
-    from distgnn.trainer.loop import model_config
+    from distgnn.trainer.loop import checkpoint_config
 
     flag = "--resume" if cfg.resume else "--predict-only"
     path, damaged = intact_checkpoint(cfg.checkpoint_dir)
@@ -33,8 +33,7 @@ def check_checkpoint(cfg: TrainConfig, facts) -> Path:
         raise InputError(f"{flag}: no complete checkpoint in {cfg.checkpoint_dir}{why}")
     if damaged:
         write_line(sys.stderr, f"train: {flag}: passing over {'; '.join(damaged)}; using {path.name}")
-    expected = model_config(cfg, facts)
-    load_checkpoint(path, model_config=dataclasses.asdict(expected), flag=flag)
+    load_checkpoint(path, model_config=checkpoint_config(cfg, facts), flag=flag)
     return path
 
 
@@ -72,14 +71,19 @@ def train_and_predict(cfg: TrainConfig, facts, cluster, sink, log, resume_from: 
         trainer.resume(resume_from)
     if not cfg.predict_only:
         progress = trainer.fit()
+        extra = {"metric": "mrr", "scores": progress.best_scores} if trainer.link else {}
         log.summary(
             best_epoch=progress.best_epoch, best_val_acc=progress.best_val, test_acc=progress.best_test,
-            epochs=progress.epoch + 1, param_digest=trainer.param_digest(),
+            epochs=progress.epoch + 1, param_digest=trainer.param_digest(), **extra,
         )
     trainer.use_best_model()
     if cfg.predict_out is not None:
         result = inference.infer(cluster, trainer.model, trainer.model_config, batch_size=cfg.batch_size,
                                  job_id=cfg.job_id)
-        path = inference.write_predictions(cluster, result, cfg.predict_out)
-        log.message(f"predictions written to {path}")
+        if trainer.link:
+            path = inference.write_embeddings(cluster, result, cfg.predict_out)
+            log.message(f"node embeddings written to {path}")
+        else:
+            path = inference.write_predictions(cluster, result, cfg.predict_out)
+            log.message(f"predictions written to {path}")
     dist.barrier()

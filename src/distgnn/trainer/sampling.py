@@ -68,15 +68,23 @@ class LayerSampler:
         self.fanouts = tuple(int(f) for f in fanouts)
         self.relabeler = NodeRelabeler(num_nodes) if num_nodes <= MAX_TABLE_NODES else None
 
-    def sample_blocks(self, g, seed_nodes: torch.Tensor, exclude_eids=None):
+    def sample_blocks(self, g, seed_nodes: torch.Tensor, exclude_eids=None, exclude_pairs=None):
+        """exclude_pairs: keys (src * num_nodes + dst) of edges to drop from every sampled
+        layer, after sampling, as DGL's samplers drop excluded edges (link prediction)."""
         import dgl
 
         if exclude_eids is not None:
-            raise ValueError("LayerSampler does not exclude edges")
+            raise ValueError("LayerSampler excludes edges by pair (exclude_pairs), not by id")
         output_nodes = seed_nodes
         layers: list[SampledLayer] = []
+        num_nodes = int(g.num_nodes())
         for fanout in reversed(self.fanouts):
             frontier = g.sample_neighbors(seed_nodes, fanout)
+            if exclude_pairs is not None and exclude_pairs.numel():
+                src, dst = frontier.edges()
+                drop = torch.isin(src.long() * num_nodes + dst.long(), exclude_pairs)
+                if bool(drop.any()):
+                    frontier = dgl.remove_edges(frontier, torch.nonzero(drop).squeeze(1))
             eids = frontier.edata[dgl.EID]
             if self.relabeler is None:
                 block = dgl.to_block(frontier, seed_nodes)

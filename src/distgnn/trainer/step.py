@@ -137,14 +137,17 @@ def train_step(
     *,
     precision: Precision,
     clip_norm: float | None,
+    extra: tuple = (),
+    loss_fn=None,
 ) -> StepResult:
-    """Forward under autocast, fp32 cross-entropy, scaled backward, clipping, step."""
+    """Forward under autocast, an fp32 loss (cross-entropy unless loss_fn is given), scaled
+    backward, clipping, step. `extra` goes to the model after (layers, x)."""
     model.train()
     laps = _Laps(x.device)
     with autocast_context(precision, x.device):
-        logits = model(layers, x)
+        out = model(layers, x, *extra)
     # Softmax over low-precision logits loses accuracy; the loss is cheap in fp32.
-    loss = F.cross_entropy(logits.float(), y)
+    loss = F.cross_entropy(out.float(), y) if loss_fn is None else loss_fn(out, y)
     laps.lap("forward")
     scaler.scale(loss).backward()
     laps.lap("backward")
