@@ -69,7 +69,7 @@ def train_once(hosts: Path, shards: Path, work: Path, job: str, seed: int, ssh: 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--graph", type=Path, default=REPO / "data" / "pubmed", help="any `partition --graph` source")
-    p.add_argument("--task", choices=TASKS, default=TASKS[0])
+    p.add_argument("--task", choices=list(TASKS), default="node-classification")
     p.add_argument("--model", default="sage", help="sage, gcn, gat or package.module:factory (default sage)")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--one-host-only", action="store_true", help="skip the two emulated hosts (no root needed)")
