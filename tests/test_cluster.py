@@ -576,3 +576,45 @@ def test_link_prediction_trains_resumes_and_writes_embeddings(tmp_path, pubmed_l
     assert np.array_equal(table["node_id"].to_numpy(), np.arange(19717))
     assert table.schema.field("embedding").type.list_size == 64
     assert wait_gone(only_run(tmp_path / "b")) == [] and port_free("127.0.0.1", port)
+
+
+def pubmed_with_targets(folder: Path) -> Path:
+    """PubMed with a float target per node: a linear function of the features plus noise
+    (what a GNN can learn), NaN for every tenth node, and a 60/20/20 node split."""
+    import shutil
+
+    shutil.copytree(REPO / "data" / "pubmed", folder)
+    nodes = pq.read_table(folder / "nodes.parquet")
+    feat = np.stack(nodes["feat"].to_numpy(zero_copy_only=False))
+    rng = np.random.default_rng(0)
+    target = (feat @ rng.normal(size=feat.shape[1]) * 10 + rng.normal(scale=0.1, size=len(feat))).astype(np.float32)
+    target[::10] = np.nan
+    nodes = nodes.append_column("target", pa.array(target))
+    split = rng.permutation(len(feat)) % 10  # 60% train, 20% validation, 20% test
+    for name, chosen in (("train_mask", split < 6), ("val_mask", (split >= 6) & (split < 8)), ("test_mask", split >= 8)):
+        nodes = nodes.set_column(nodes.schema.get_field_index(name), name, pa.array(chosen))
+    pq.write_table(nodes, folder / "nodes.parquet")
+    return folder
+
+
+def test_node_regression_trains_and_predicts_values(tmp_path):
+    graph = pubmed_with_targets(tmp_path / "pubmed-target")
+    shards = partition(tmp_path / "shards", 1, graph)
+    hosts, port = local_hosts(tmp_path)
+    train = ["--task", "node-regression", "--fanouts", "5,5", "--batch-size", "512", "--hidden", "64",
+             "--lr", "0.01", "--epochs", "4", "--eval-every", "2", "--dropout", "0", "--weight-decay", "0",
+             "--predict-out", str(tmp_path / "pred")]
+    done, _ = run_launch(launch(hosts, shards, tmp_path / "ws", "--trainers-per-host", "2", train=train),
+                         CLUSTER_TIMEOUT_S)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    sums = summaries(only_run(tmp_path / "ws"))
+    assert len({s.param_digest for s in sums}) == 1
+    best = sums[0]
+    assert best.metric == "r2" and set(best.scores["test"]) == {"mse", "mae", "r2"}
+    assert best.scores["test"]["r2"] >= 0.5, best.scores  # a constant predictor scores 0
+    assert "val r2" in done.stdout
+    table = predictions.read_all(tmp_path / "pred")
+    assert table.column_names == ["node_id", "pred", "embedding"]
+    assert np.array_equal(table["node_id"].to_numpy(), np.arange(19717))
+    assert np.isfinite(table["pred"].to_numpy()).all()
+    assert wait_gone(only_run(tmp_path / "ws")) == [] and port_free("127.0.0.1", port)

@@ -573,3 +573,45 @@ def test_resolve_spec_kinds(tmp_path):
     assert resolve_spec(str(tmp_path)).kind == "parquet"
     assert resolve_spec(str(tmp_path / "e.csv")).kind == "edgelist"
     assert resolve_spec("synthetic:nodes=5").kind == "synthetic"
+
+
+def test_regression_targets_load_with_nan_and_null_as_no_target(tmp_path):
+    graph = load_graph(str(_small(tmp_path, target=pa.array([1.5, None, float("nan"), -2.0], pa.float64()))))
+    assert graph.target.dtype == np.float32
+    assert graph.target[0] == 1.5 and graph.target[3] == -2.0 and np.isnan(graph.target[1:3]).all()
+
+
+def test_a_non_float_target_column_is_refused(tmp_path):
+    assert "column 'target' must be a float type" in _error(_small(tmp_path, target=[1, 2, 3, 4]))
+
+
+def test_an_infinite_target_names_its_row(tmp_path):
+    message = _error(_small(tmp_path, target=[0.0, 1.0, float("inf"), 2.0]))
+    assert "column 'target' row 2: target inf is not finite" in message
+
+
+def test_targets_reach_the_shards_on_both_paths(tmp_path, monkeypatch):
+    """In memory and streamed, the shards' nodes.parquet carries the targets of its nodes."""
+    from distgnn.partition import budget as budgets
+    from distgnn.partition import shards
+    from distgnn.partition.run import PartitionConfig, run
+
+    # no interpreter allowance: a small budget streams this small graph
+    monkeypatch.setattr(budgets, "BASE_BYTES", 0)
+    monkeypatch.setattr(budgets, "MIN_WORK_BYTES", 256 * 1024)
+    n = 3000
+    rng = np.random.default_rng(0)
+    src = rng.integers(0, n, 20000)
+    target = rng.normal(size=n).astype(np.float32)
+    target[::7] = np.nan
+    folder = _folder(tmp_path / "g", src, (src + 1) % n, nodes={"target": pa.array(target)})
+    for budget, path in ((None, "in-memory"), (2 * 2**20, "streaming")):
+        out = tmp_path / f"out-{path}"
+        report = run(PartitionConfig(graph=str(folder), num_parts=2, out=out, quiet=True, memory_budget=budget))
+        assert report["memory"]["path"] == path
+        assert shards.read_manifest(out).schema.has_target
+        got = np.full(n, -1.0, dtype=np.float32)
+        for part in range(2):
+            nodes = shards.read_part(shards.part_dir(out, part)).nodes
+            got[nodes.orig_id] = nodes.target
+        np.testing.assert_array_equal(got, target)

@@ -35,7 +35,8 @@ def make_shards(folder: Path, parts: int) -> Path:
     src = np.arange(n, dtype=np.int64)
     # features and two classes: the real trainer's checks (dry runs, bad options) accept it
     ring = GraphData(name="ring", num_nodes=n, src=src, dst=(src + 1) % n,
-                     feat=np.ones((n, 2), dtype=np.float32), label=src % 2, num_classes=2)
+                     feat=np.ones((n, 2), dtype=np.float32), label=src % 2, num_classes=2,
+                     masks={name: src % 3 == k for k, name in enumerate(("train_mask", "val_mask", "test_mask"))})
     config = PartitionConfig(graph="ring", num_parts=parts, out=folder, method="random", quiet=True)
     partition(config, load=lambda _spec: ring)
     return folder
@@ -433,19 +434,24 @@ def test_failing_trainer_names_torchrun_root_cause(tmp_path, shards):
     (False, None, "node classification needs node features: the graph has no 'feat' column"),
     (True, None, "node classification needs labels: the graph has no 'label' column"),
     (True, -1, "needs labels of at least 2 classes in column 'label': no node is labelled (every label is -1)"),
-], ids=["no-features", "no-labels", "all-unlabelled"])
-def test_node_classification_on_a_graph_lacking_its_columns_is_refused_before_anything_starts(
+    (True, 1, "node classification needs train/val/test masks: the graph has no 'train_mask' column"),
+    (True, "regression", "node regression needs targets: the graph has no 'target' column"),
+], ids=["no-features", "no-labels", "all-unlabelled", "no-masks", "regression-without-targets"])
+def test_a_task_on_a_graph_lacking_its_columns_is_refused_before_anything_starts(
         tmp_path, feat, label, needle):
     n = 40
     src = np.arange(n, dtype=np.int64)
     graph = GraphData(name="ring", num_nodes=n, src=src, dst=(src + 1) % n,
                       feat=np.ones((n, 4), dtype=np.float32) if feat else None,
-                      label=None if label is None else np.full(n, label, dtype=np.int64))
+                      label={None: None, "regression": None, -1: np.full(n, -1), 1: np.arange(n) % 2}[label],
+                      num_classes=2 if label == 1 else None)
     config = PartitionConfig(graph="ring", num_parts=1, out=tmp_path / "shards", method="random", quiet=True)
     partition(config, load=lambda _spec: graph)
     hosts, _port = local_hosts(tmp_path)
     argv = [*LAUNCH, "--hosts", str(hosts), "--shards", str(tmp_path / "shards"), "--workspace",
             str(tmp_path / "ws"), "--metrics-port", "0", "--", "train"]
+    if label == "regression":
+        argv += ["--task", "node-regression"]
     done, _ = run_launch(argv, 60)
     assert done.returncode == 2, done.stderr
     (line,) = done.stderr.strip().splitlines()

@@ -86,3 +86,19 @@ def test_held_out_shares_cover_every_pair_once():
         for world in (1, 2, 3):
             covered = [i for r in range(world) for i in range(count)[linkpred.shares(count, r, world)]]
             assert covered == list(range(count))
+
+
+def test_regression_metrics_match_their_definitions():
+    from distgnn.trainer import regression
+
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=200)
+    pred = y + rng.normal(scale=0.3, size=200)
+    e = pred - y
+    half = [torch.tensor([100.0, (e[s] ** 2).sum(), np.abs(e[s]).sum(), y[s].sum(), (y[s] ** 2).sum()],
+                         dtype=torch.float64) for s in (slice(0, 100), slice(100, 200))]
+    got = regression.metrics(half[0] + half[1])  # two ranks' sums, reduced
+    assert got["mse"] == pytest.approx((e ** 2).mean())
+    assert got["mae"] == pytest.approx(np.abs(e).mean())
+    assert got["r2"] == pytest.approx(1 - (e ** 2).sum() / ((y - y.mean()) ** 2).sum())
+    assert np.isnan(regression.metrics(torch.zeros(5, dtype=torch.float64))["mse"])

@@ -109,7 +109,7 @@ def test_ip_config_host_count_differs_from_parts(shards, tmp_path):
 
 
 def test_more_trainers_than_training_nodes(tmp_path, ip1):
-    # Cora's bundled copy has no train mask: give it one with 3 training nodes.
+    # Cora's bundled copy has no masks: give it a split with 3 training nodes.
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -118,8 +118,9 @@ def test_more_trainers_than_training_nodes(tmp_path, ip1):
     graph.mkdir()
     (graph / "edges.parquet").write_bytes((src / "edges.parquet").read_bytes())
     nodes = pq.read_table(src / "nodes.parquet")
-    mask = [i < 3 for i in range(nodes.num_rows)]
-    pq.write_table(nodes.append_column("train_mask", pa.array(mask)), graph / "nodes.parquet")
+    for name, (lo, hi) in (("train_mask", (0, 3)), ("val_mask", (3, 100)), ("test_mask", (100, 200))):
+        nodes = nodes.append_column(name, pa.array([lo <= i < hi for i in range(nodes.num_rows)]))
+    pq.write_table(nodes, graph / "nodes.parquet")
     shards = tmp_path / "shards"
     subprocess.run([BIN / "partition", "--graph", graph, "--num-parts", "1", "--out", shards, "--quiet"],
                    check=True, timeout=120)

@@ -1,7 +1,8 @@
 """The batch-inference output format: one Parquet file per trainer rank in a folder.
 
 Node classification: `node_id` (the input graph's original id), `pred` (class), `probs` (class
-probabilities), `embedding` (the last hidden layer). Link prediction: `node_id` and `embedding`
+probabilities), `embedding` (the last hidden layer). Node regression: `node_id`, `pred` (the
+predicted value, float32), `embedding`. Link prediction: `node_id` and `embedding`
 (the encoder's output, what the scorer compares), ready for a nearest-neighbour index. Written to a temporary name and renamed, so a reader never
 sees a half-written file.
 """
@@ -37,6 +38,15 @@ def write_rank(out_dir: Path, *, rank: int, orig_id, pred, probs, embedding) -> 
             "embedding": _fixed_list(embedding),
         }
     )
+    return atomic_write(rank_file(out_dir, rank), lambda f: pq.write_table(table, f))
+
+
+def write_values(out_dir: Path, *, rank: int, orig_id, pred, embedding) -> Path:
+    """Node regression: `node_id`, `pred` (float32), `embedding`."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = pa.table({"node_id": pa.array(np.asarray(orig_id, dtype=np.int64)),
+                      "pred": pa.array(np.asarray(pred, dtype=np.float32)), "embedding": _fixed_list(embedding)})
     return atomic_write(rank_file(out_dir, rank), lambda f: pq.write_table(table, f))
 
 

@@ -28,6 +28,8 @@ class GraphData:
     """float32 [N, D] node features, or None."""
     label: np.ndarray | None = None
     """int64 [N] class labels, -1 for unlabeled, or None."""
+    target: np.ndarray | None = None
+    """float32 [N] regression targets, NaN for a node without one, or None."""
     masks: dict[str, np.ndarray] = field(default_factory=dict)
     """Subset of MASK_NAMES -> bool [N]."""
     num_classes: int | None = None
@@ -43,5 +45,5 @@ class GraphData:
         return 0 if self.feat is None else int(self.feat.shape[1])
 
     def nbytes(self) -> int:
-        arrays = [self.src, self.dst, self.feat, self.label, *self.masks.values()]
+        arrays = [self.src, self.dst, self.feat, self.label, self.target, *self.masks.values()]
         return sum(a.nbytes for a in arrays if a is not None)

@@ -81,6 +81,18 @@ def _mask(tensor, where: str) -> np.ndarray:
     return mask.astype(np.bool_, copy=False) if mask.dtype == np.bool_ else mask != 0
 
 
+def _targets(tensor, where: str) -> np.ndarray:
+    import pyarrow as pa
+
+    from distgnn.graph.parquet_graph import target_chunk
+
+    values = tensor.numpy()
+    if values.ndim != 1 or values.dtype.kind != "f":
+        raise InputError(f"{where}: regression targets must be a 1-D float tensor, got {values.dtype} "
+                         f"with shape {values.shape}")
+    return target_chunk(pa.array(values), where, 0)
+
+
 def load_dgl_file(path: Path, *, progress=None) -> GraphData:
     report(progress, "load dgl", 0, 1)
     graph = read_dgl_graph(path)
@@ -96,6 +108,8 @@ def load_dgl_file(path: Path, *, progress=None) -> GraphData:
     for name in MASK_NAMES:
         if name in graph.ndata:
             nodes.masks[name] = _mask(graph.ndata[name], f"{path}: ndata '{name}'")
+    if "target" in graph.ndata:
+        nodes.target = _targets(graph.ndata["target"], f"{path}: ndata 'target'")
     report(progress, "load dgl", 1, 1)
     return build_graph(name=sanitize_name(path.stem), source=str(path), src=src, dst=dst,
                        num_nodes=num_nodes, nodes=nodes, num_classes=None,

@@ -40,6 +40,7 @@ EDGES_FILE = "edges.parquet"
 NODES_FILE = "nodes.parquet"
 META_FILE = "meta.json"
 LABEL_COLUMN = "label"
+TARGET_COLUMN = "target"
 FEAT_COLUMN = "feat"
 
 
@@ -61,6 +62,7 @@ class NodeColumns:
     feat: np.ndarray | None = None
     label: np.ndarray | None = None
     masks: dict[str, np.ndarray] = field(default_factory=dict)
+    target: np.ndarray | None = None
     first_column: str = ""
     """Name of a column present, for messages about the row count."""
 
@@ -192,6 +194,18 @@ def feat_chunk(chunk: pa.Array, dim: int | None, where: str, row0: int) -> np.nd
     return values
 
 
+def target_chunk(chunk: pa.Array, where: str, row0: int) -> np.ndarray:
+    """float32 regression targets; null or NaN mean 'no target', infinity is an error."""
+    values = pc.fill_null(chunk.cast(pa.float64()), float("nan")).to_numpy(zero_copy_only=False)
+    bad = np.flatnonzero(np.isinf(values))
+    if bad.size:
+        raise InputError(f"{where} row {row0 + int(bad[0])}: target {values[bad[0]]} is not finite (NaN means no target)")
+    big = np.flatnonzero(np.abs(values) > np.finfo(np.float32).max)
+    if big.size:
+        raise InputError(f"{where} row {row0 + int(big[0])}: target {values[big[0]]} does not fit float32")
+    return values.astype(np.float32)
+
+
 def bool_chunk(chunk: pa.Array) -> np.ndarray:
     # a null mask entry means "not in this split"
     return pc.fill_null(chunk, False).to_numpy(zero_copy_only=False)
@@ -210,6 +224,11 @@ def node_columns(pf: pq.ParquetFile, path: Path) -> tuple[list[str], int | None]
         if not pa.types.is_integer(label_type):
             raise InputError(f"{path}: column 'label' must be an integer type, got {label_type}")
         columns.append(LABEL_COLUMN)
+    target_type = _column_type(pf, path, TARGET_COLUMN)
+    if target_type is not None:
+        if not pa.types.is_floating(target_type):
+            raise InputError(f"{path}: column 'target' must be a float type (NaN: no target), got {target_type}")
+        columns.append(TARGET_COLUMN)
     for mask in MASK_NAMES:
         kind = _column_type(pf, path, mask)
         if kind is not None:
@@ -232,6 +251,8 @@ def _store_chunk(nodes: NodeColumns, name: str, chunk: pa.Array, at: int,
         nodes.feat[at:at + len(chunk)] = block
     elif name == LABEL_COLUMN:
         nodes.label[at:at + len(chunk)] = int_chunk(pc.fill_null(chunk, -1), where, at)
+    elif name == TARGET_COLUMN:
+        nodes.target[at:at + len(chunk)] = target_chunk(chunk, where, at)
     else:
         nodes.masks[name][at:at + len(chunk)] = bool_chunk(chunk)
 
@@ -243,6 +264,8 @@ def read_nodes(path: Path, *, progress=None) -> NodeColumns:
     nodes = NodeColumns(path=path, num_rows=total, first_column=columns[0] if columns else "")
     if LABEL_COLUMN in columns:
         nodes.label = np.empty(total, np.int64)
+    if TARGET_COLUMN in columns:
+        nodes.target = np.empty(total, np.float32)
     for mask in set(columns) & set(MASK_NAMES):
         nodes.masks[mask] = np.empty(total, np.bool_)
     row0 = 0
@@ -291,7 +314,7 @@ def build_graph(*, name: str, source: str, src: np.ndarray, dst: np.ndarray,
         num_classes = num_classes or infer_num_classes(label)
         check_labels(label, num_classes, where)
     return GraphData(name=name, num_nodes=num_nodes, src=src, dst=dst,
-                     feat=nodes.feat if nodes else None, label=label,
+                     feat=nodes.feat if nodes else None, label=label, target=nodes.target if nodes else None,
                      masks=dict(nodes.masks) if nodes else {},
                      num_classes=num_classes, source=source)
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from distgnn.graph.data import MASK_NAMES
 
-SRC, DST, FEAT, LABEL = "src.i64", "dst.i64", "feat.f32", "label.i64"
+SRC, DST, FEAT, LABEL, TARGET = "src.i64", "dst.i64", "feat.f32", "label.i64", "target.f32"
 
 
 def mask_file(name: str) -> str:
@@ -66,6 +66,7 @@ class NodeBatch:
     feat: np.ndarray | None
     label: np.ndarray | None
     masks: dict[str, np.ndarray]
+    target: np.ndarray | None = None
 
 
 @dataclass(kw_only=True)
@@ -81,6 +82,7 @@ class SpilledGraph:
     has_label: bool = False
     masks: tuple[str, ...] = ()
     num_classes: int | None = None
+    has_target: bool = False
 
     def edges(self, chunk: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         """(first edge id, src, dst) in input order."""
@@ -102,6 +104,7 @@ class SpilledGraph:
             if self.feat_dim else None,
             label=read_slice(f / LABEL, np.int64, start, count) if self.has_label else None,
             masks={m: read_slice(f / mask_file(m), np.bool_, start, count) for m in self.masks},
+            target=read_slice(f / TARGET, np.float32, start, count) if self.has_target else None,
         )
 
     def column(self, name: str) -> Iterator[tuple[int, np.ndarray]]:
@@ -112,7 +115,7 @@ class SpilledGraph:
 
     def node_chunk_rows(self, work_bytes: int) -> int:
         """Node rows per batch that fit `work_bytes` with a few copies of each row."""
-        row = 4 * self.feat_dim + 8 + len(self.masks) + 16
+        row = 4 * self.feat_dim + 8 + 4 + len(self.masks) + 16
         return max(1, work_bytes // (4 * row))
 
 
@@ -126,6 +129,7 @@ class SpillWriter:
         self.num_node_rows = 0
         self.feat_dim: int | None = None
         self.has_label = False
+        self.has_target = False
         self.masks: set[str] = set()
 
     def add_edges(self, src: np.ndarray, dst: np.ndarray) -> None:
@@ -133,13 +137,16 @@ class SpillWriter:
         append(self.folder / DST, dst.astype(np.int64, copy=False))
         self.num_edges += int(src.shape[0])
 
-    def add_nodes(self, count: int, *, feat=None, label=None, masks=None) -> None:
+    def add_nodes(self, count: int, *, feat=None, label=None, masks=None, target=None) -> None:
         if feat is not None:
             self.feat_dim = int(feat.shape[1])
             append(self.folder / FEAT, feat.astype(np.float32, copy=False))
         if label is not None:
             self.has_label = True
             append(self.folder / LABEL, label.astype(np.int64, copy=False))
+        if target is not None:
+            self.has_target = True
+            append(self.folder / TARGET, target.astype(np.float32, copy=False))
         for name, mask in (masks or {}).items():
             self.masks.add(name)
             append(self.folder / mask_file(name), mask.astype(np.bool_, copy=False))
@@ -156,6 +163,7 @@ class SpillWriter:
             folder=self.folder, name=name, source=source, num_nodes=num_nodes, num_edges=self.num_edges,
             feat_dim=self.feat_dim or 0, has_label=self.has_label,
             masks=tuple(m for m in MASK_NAMES if m in self.masks), num_classes=num_classes,
+            has_target=self.has_target,
         )
 
 

@@ -96,6 +96,8 @@ def _spill_nodes(path: Path, writer: SpillWriter, rows: int, progress) -> int:
                 import pyarrow.compute as pc
 
                 values["label"] = parquet_graph.int_chunk(pc.fill_null(chunk, -1), where, row0)
+            elif name == parquet_graph.TARGET_COLUMN:
+                values["target"] = parquet_graph.target_chunk(chunk, where, row0)
             else:
                 values.setdefault("masks", {})[name] = parquet_graph.bool_chunk(chunk)
         if count:
@@ -187,7 +189,7 @@ def _spill_dgl(path: Path, writer: SpillWriter, limit: int | None) -> SpilledGra
                 "graph folder (edges.parquet, nodes.parquet), which is read in batches")
     graph = dglfile.load_dgl_file(path)
     writer.add_edges(graph.src, graph.dst)
-    writer.add_nodes(graph.num_nodes, feat=graph.feat, label=graph.label, masks=graph.masks)
+    writer.add_nodes(graph.num_nodes, feat=graph.feat, label=graph.label, masks=graph.masks, target=graph.target)
     return writer.finish(name=graph.name, source=graph.source, num_nodes=graph.num_nodes,
                          num_classes=graph.num_classes)
 

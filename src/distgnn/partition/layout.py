@@ -225,6 +225,7 @@ def part_arrays(graph: GraphData, layout: Layout, p: int):
         feat=None if graph.feat is None else graph.feat[orig],
         label=None if graph.label is None else graph.label[orig],
         masks={name: mask[orig] for name, mask in graph.masks.items()},
+        target=None if graph.target is None else graph.target[orig],
     )
     elo, ehi = layout.edge_ranges[p]
     olo, ohi = layout.out_ranges[p]

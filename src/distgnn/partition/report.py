@@ -167,6 +167,8 @@ def describe_node_data(schema: dict) -> str:
         parts.append(f"labels ({schema['num_classes']} classes)")
     else:
         parts.append("no labels" + (" (every label is -1)" if schema["has_label"] else ""))
+    if schema.get("has_target"):
+        parts.append("regression targets")
     masks = [m.removesuffix("_mask") for m in schema["masks"]]
     parts.append(f"masks {'/'.join(masks)}" if masks else "no train/val/test masks")
     return ", ".join(parts)

@@ -264,6 +264,7 @@ def schema_of(graph: GraphData) -> shards.FeatureSchema:
     return shards.FeatureSchema(
         feat_dim=graph.feat_dim,
         has_label=graph.label is not None,
+        has_target=graph.target is not None,
         masks=tuple(m for m in MASK_NAMES if m in graph.masks),
         num_classes=graph.num_classes,
     )

@@ -62,6 +62,8 @@ class FeatureSchema:
     masks: tuple[str, ...]
     """The subset of MASK_NAMES present, in MASK_NAMES order."""
     num_classes: int | None = None
+    has_target: bool = False
+    """A float32 `target` column (node regression; NaN: no target)."""
 
     def to_json(self) -> dict:
         return {**asdict(self), "masks": list(self.masks)}
@@ -73,6 +75,7 @@ class FeatureSchema:
             has_label=bool(data["has_label"]),
             masks=tuple(data["masks"]),
             num_classes=data.get("num_classes"),
+            has_target=bool(data.get("has_target", False)),
         )
 
 
@@ -140,6 +143,7 @@ class PartNodes:
     feat: np.ndarray | None
     label: np.ndarray | None
     masks: dict[str, np.ndarray]
+    target: np.ndarray | None = None
 
 
 @dataclass(kw_only=True)
@@ -248,6 +252,7 @@ def nodes_table(nodes: PartNodes) -> pa.Table:
         feat_dim=0 if nodes.feat is None else int(nodes.feat.shape[1]),
         has_label=nodes.label is not None,
         masks=tuple(m for m in MASK_NAMES if m in nodes.masks),
+        has_target=nodes.target is not None,
     ))
     arrays = [pa.array(nodes.id), pa.array(nodes.orig_id)]
     if nodes.feat is not None:
@@ -255,6 +260,8 @@ def nodes_table(nodes: PartNodes) -> pa.Table:
         arrays.append(pa.FixedSizeListArray.from_arrays(flat, type=schema.field("feat").type))
     if nodes.label is not None:
         arrays.append(pa.array(nodes.label))
+    if nodes.target is not None:
+        arrays.append(pa.array(np.asarray(nodes.target, dtype=np.float32)))
     arrays += [pa.array(nodes.masks[name]) for name in MASK_NAMES if name in nodes.masks]
     return pa.Table.from_arrays(arrays, schema=schema)
 
@@ -266,6 +273,8 @@ def nodes_schema(schema: FeatureSchema) -> pa.Schema:
         fields.append(_feat_field(schema.feat_dim))
     if schema.has_label:
         fields.append(pa.field("label", pa.int64()))
+    if schema.has_target:
+        fields.append(pa.field("target", pa.float32()))
     fields += [pa.field(name, pa.bool_()) for name in MASK_NAMES if name in schema.masks]
     return pa.schema(fields)
 
@@ -521,6 +530,7 @@ def _read_tables(folder: Path, info: PartInfo) -> tuple[PartNodes, PartEdges, Pa
         feat=_feat(nt, schema.feat_dim, nodes_path) if schema.feat_dim else None,
         label=_np(nt, "label", nodes_path) if schema.has_label else None,
         masks={m: _np(nt, m, nodes_path) for m in schema.masks},
+        target=_np(nt, "target", nodes_path) if schema.has_target else None,
     )
     et = _read_table(edges_path)
     edges = PartEdges(

@@ -112,7 +112,7 @@ def partition_streaming(ctx: Context, staged: Path) -> tuple[SpilledGraph, dict,
 
 
 def schema_of(graph: SpilledGraph) -> shards.FeatureSchema:
-    return shards.FeatureSchema(feat_dim=graph.feat_dim, has_label=graph.has_label,
+    return shards.FeatureSchema(feat_dim=graph.feat_dim, has_label=graph.has_label, has_target=graph.has_target,
                                 masks=graph.masks, num_classes=graph.num_classes)
 
 
@@ -360,6 +360,7 @@ def write_nodes(ctx: Context, graph: SpilledGraph, lay: StreamLayout, staged: Pa
                         feat=None if batch.feat is None else batch.feat[sel],
                         label=None if batch.label is None else batch.label[sel],
                         masks={m: v[sel] for m, v in batch.masks.items()},
+                        target=None if batch.target is None else batch.target[sel],
                     )
                     writers[p].write(shards.nodes_table(nodes))
                     if "train_mask" in batch.masks:

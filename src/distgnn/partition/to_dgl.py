@@ -135,6 +135,8 @@ def node_tensors(shard: shards.PartShard) -> dict:
         tensors[f"{NTYPE}/label"] = _tensor(np.asarray(nodes.label, dtype=np.int64))
     for name, mask in nodes.masks.items():
         tensors[f"{NTYPE}/{name}"] = _tensor(np.asarray(mask, dtype=np.uint8))
+    if nodes.target is not None:
+        tensors[f"{NTYPE}/target"] = _tensor(np.asarray(nodes.target, dtype=np.float32))
     return tensors
 
 

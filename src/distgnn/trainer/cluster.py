@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from distgnn.errors import InputError, RunFailure
+from distgnn.graph.data import MASK_NAMES
 from distgnn.trainer.config import TrainConfig
 
 
@@ -78,8 +79,9 @@ def check_inputs(cfg: TrainConfig, world_size: int) -> GraphFacts:
 
 def check_task_data(shards_dir: Path, manifest, task: str) -> None:
     """What the task needs of the shards, with the column or file they lack named: node
-    features for every task, labels of at least two classes for node classification, the
-    held-out edges of `partition --link-split` for link prediction."""
+    features for every task; labels of at least two classes (node classification) or
+    targets (node regression), and train/val/test masks; the held-out edges of
+    `partition --link-split` (link prediction)."""
     schema = manifest.schema
     name = task.replace("-", " ")
     if schema.feat_dim == 0:
@@ -89,12 +91,18 @@ def check_task_data(shards_dir: Path, manifest, task: str) -> None:
             raise InputError(f"{shards_dir}: link prediction needs held-out edges: partition the graph with "
                              "--link-split (e.g. 0.85,0.05,0.1)")
         return
-    task = name
-    if not schema.has_label:
-        raise InputError(f"{shards_dir}: {task} needs labels: the graph has no 'label' column")
-    if (schema.num_classes or 0) < 2:
-        why = "no node is labelled (every label is -1)" if not schema.num_classes else "it has only 1 class"
-        raise InputError(f"{shards_dir}: {task} needs labels of at least 2 classes in column 'label': {why}")
+    if task == "node-regression" and not schema.has_target:
+        raise InputError(f"{shards_dir}: node regression needs targets: the graph has no 'target' column "
+                         "(float, NaN for no target)")
+    if task == "node-classification":
+        if not schema.has_label:
+            raise InputError(f"{shards_dir}: {name} needs labels: the graph has no 'label' column")
+        if (schema.num_classes or 0) < 2:
+            why = "no node is labelled (every label is -1)" if not schema.num_classes else "it has only 1 class"
+            raise InputError(f"{shards_dir}: {name} needs labels of at least 2 classes in column 'label': {why}")
+    missing = [m for m in MASK_NAMES if m not in schema.masks]
+    if missing:
+        raise InputError(f"{shards_dir}: {name} needs train/val/test masks: the graph has no '{missing[0]}' column")
 
 
 def host_index() -> int:

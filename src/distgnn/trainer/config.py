@@ -15,7 +15,7 @@ from distgnn.trainer.model import BUILTIN_MODELS, FEATURE_NORMS
 from distgnn.trainer.step import OPTIMIZERS
 
 PRECISIONS = ("fp32", "bf16", "fp16")
-TASKS = ("node-classification", "link-prediction")
+TASKS = ("node-classification", "node-regression", "link-prediction")
 
 BACKENDS = ("auto", "gloo", "nccl")
 DEFAULT_FEATURE_CACHE_MB = 512
@@ -68,7 +68,8 @@ class TrainConfig:
     feature_norm: str = "none"
     """'row': L1-normalise each input feature row inside the model; 'none'."""
     task: str = "node-classification"
-    """'node-classification' or 'link-prediction' (shards partitioned with --link-split)."""
+    """'node-classification', 'node-regression' (a `target` column) or 'link-prediction' (shards
+    partitioned with --link-split)."""
     negatives: int = 4
     """Link prediction: uniform negative destinations per positive edge in training."""
     scorer: str = "dot"
@@ -206,7 +207,8 @@ def build_parser(raising: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--prefetch", type=int, default=0,
                    help="batches prepared ahead on a background thread (0: off); helps on hosts with spare cores")
     p.add_argument("--task", default="node-classification", choices=TASKS,
-                   help="node-classification (default) or link-prediction (shards from partition --link-split)")
+                   help="node-classification (default), node-regression (a float 'target' column) or "
+                        "link-prediction (shards from partition --link-split)")
     p.add_argument("--negatives", type=int, default=4,
                    help="link prediction: uniform negatives per positive edge in training (default 4)")
     p.add_argument("--scorer", default="dot", choices=SCORERS,

@@ -106,6 +106,13 @@ def write_embeddings(cluster: Cluster, result: dict, out_dir: Path) -> Path:
                                         embedding=result["logits"].numpy())
 
 
+def write_regression(cluster: Cluster, result: dict, out_dir: Path) -> Path:
+    """Node regression: every node's predicted value and last hidden layer."""
+    orig_ids = cluster.g.ndata["orig_id"][result["nodes"]]
+    return predictions.write_values(out_dir, rank=cluster.rank, orig_id=orig_ids.numpy(),
+                                    pred=result["logits"][:, 0].numpy(), embedding=result["embeddings"].numpy())
+
+
 def write_predictions(cluster: Cluster, result: dict, out_dir: Path) -> Path:
     g = cluster.g
     orig_ids = g.ndata["orig_id"][result["nodes"]]

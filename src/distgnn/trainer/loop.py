@@ -25,7 +25,7 @@ from distgnn.trainer import step as steps
 from distgnn.trainer.cluster import Cluster, GraphFacts, split_nodes
 from distgnn.trainer.config import TrainConfig
 from distgnn.trainer.features import FeatureCache, build_cache, rows_within
-from distgnn.trainer import linkpred
+from distgnn.trainer import linkpred, regression
 from distgnn.trainer.model import ModelConfig, build_model
 from distgnn.partition import shards
 from distgnn.trainer.sampling import LayerSampler, PartLocality, iterate_batches, make_loader, prefetched
@@ -42,8 +42,9 @@ class Progress:
 
     epoch: int = -1
     """Last completed epoch."""
-    best_val: float = -1.0
-    best_test: float = -1.0
+    best_val: float = -math.inf
+    """The validation metric of the best evaluation (higher is better; R² may be below -1)."""
+    best_test: float = -math.inf
     best_epoch: int = -1
     evals_without_improvement: int = 0
     best_model: dict | None = None
@@ -55,7 +56,7 @@ class Progress:
 def model_config(cfg: TrainConfig, facts: GraphFacts) -> ModelConfig:
     """The node model a run trains. For link prediction its output is the node embedding,
     --hidden wide."""
-    outputs = cfg.hidden if cfg.task == LINK else facts.num_classes
+    outputs = {LINK: cfg.hidden, REGRESSION: 1}.get(cfg.task, facts.num_classes)
     return ModelConfig(
         in_dim=facts.feat_dim, hidden=cfg.hidden, num_classes=outputs, num_layers=cfg.num_layers,
         dropout=float(cfg.dropout), feature_norm=cfg.feature_norm, model=cfg.model, heads=cfg.heads,
@@ -72,6 +73,7 @@ def checkpoint_config(cfg: TrainConfig, facts: GraphFacts) -> dict:
 
 
 LINK = "link-prediction"
+REGRESSION = "node-regression"
 
 
 @dataclass
@@ -90,6 +92,7 @@ class Trainer:
         self.checkpoint_config = checkpoint_config(self.cfg, self.facts)
         self.model = build_model(self.model_config).to(c.device)
         self.link = self.cfg.task == LINK
+        self.regression = self.cfg.task == REGRESSION
         if self.link and not hasattr(self.model, "forward_layer"):
             raise InputError(f"--model {self.cfg.model}: link prediction embeds every node layer by layer to "
                              "evaluate, so the model needs forward_layer (docs/custom-models.md)")
@@ -111,9 +114,11 @@ class Trainer:
             self.held_out = {split: shards.read_link_pairs(self.cfg.shards, split) for split in ("val", "test")}
             local_steps = math.ceil(len(self.train_eids) / self.cfg.batch_size)
         else:
-            self.train_nids = split_nodes(c.g, "train_mask")
-            self.val_nids = split_nodes(c.g, "val_mask")
-            self.test_nids = split_nodes(c.g, "test_mask")
+            self.train_nids, self.val_nids, self.test_nids = (
+                split_nodes(c.g, f"{split}_mask") for split in ("train", "val", "test"))
+            if self.regression:  # a node without a target (NaN) is in no split
+                self.train_nids, self.val_nids, self.test_nids = (
+                    regression.with_targets(c.g, n) for n in (self.train_nids, self.val_nids, self.test_nids))
             self.train_loader = make_loader(c.g, self.train_nids, self.cfg.fanouts, self.cfg.batch_size, shuffle=True)
             local_steps = math.ceil(len(self.train_nids) / self.cfg.batch_size)
         self.evaluations = 0
@@ -192,7 +197,7 @@ class Trainer:
                 shuffle=True, locality=self.locality, feat_bytes_per_node=self.feat_bytes, cache=self.cache)
         else:
             source = iterate_batches(c.g, self.train_loader, self.locality, feat_bytes_per_node=self.feat_bytes,
-                                     cache=self.cache)
+                                     cache=self.cache, target=self.regression)
         batches = prefetched(source, self.cfg.prefetch)
         totals = dict.fromkeys(PHASES, 0.0)
         loss_sum, seen, n = 0.0, 0, 0
@@ -205,6 +210,8 @@ class Trainer:
             if self.link:
                 extra = tuple(rows.to(c.device) for rows in batch.pairs)
                 loss_fn, count = linkpred.link_loss, int(batch.y.sum())  # positive edges
+            elif self.regression:
+                loss_fn = regression.regression_loss
             result = steps.train_step(
                 self.ddp, self.optimizer, self.scaler, layers, x, y,
                 precision=self.precision, clip_norm=self.cfg.clip_norm, extra=extra, loss_fn=loss_fn,
@@ -283,11 +290,29 @@ class Trainer:
         self.model.train()
         return scores
 
+    @torch.no_grad()
+    def regression_scores(self) -> dict[str, dict[str, float]]:
+        """MSE, MAE and R² of the validation and test nodes, reduced over every rank."""
+        c = self.cluster
+        fanouts = self.cfg.eval_fanouts or self.cfg.fanouts
+        scores = {}
+        for split, nids in (("val", self.val_nids), ("test", self.test_nids)):
+            loader = make_loader(c.g, nids, fanouts, self.cfg.batch_size, shuffle=False)
+            sums = torch.zeros(5, dtype=torch.float64)
+            for batch in iterate_batches(c.g, loader, self.locality, feat_bytes_per_node=self.feat_bytes,
+                                         cache=self.cache, target=True):
+                layers, x, y = steps.move_batch(batch.layers, batch.x, batch.y, c.device)
+                sums += regression.batch_sums(self.model, layers, x, y, self.precision)
+                heartbeat.tick()
+            dist.all_reduce(sums)
+            scores[split] = regression.metrics(sums)
+        return scores
+
     def evaluate(self, epoch: int) -> dict:
-        scores = None
-        if self.link:
-            scores = self.link_scores()
-            val, test = scores["val"][linkpred.VAL_METRIC], scores["test"][linkpred.VAL_METRIC]
+        scores, metric = None, self.val_metric
+        if self.link or self.regression:
+            scores = self.link_scores() if self.link else self.regression_scores()
+            val, test = scores["val"][metric], scores["test"][metric]
         else:
             val = self.accuracy(self.val_nids)
             test = self.accuracy(self.test_nids)
@@ -301,8 +326,15 @@ class Trainer:
             p.evals_without_improvement += 1
         out = {"val_acc": val, "test_acc": test}
         if scores is not None:
-            out.update(metric=linkpred.VAL_METRIC, scores=scores)
+            out.update(metric=metric, scores=scores)
         return out
+
+    @property
+    def val_metric(self) -> str:
+        """What early stopping and the best checkpoint follow (higher is better)."""
+        if self.link:
+            return linkpred.VAL_METRIC
+        return regression.VAL_METRIC if self.regression else "accuracy"
 
     def fit(self) -> Progress:
         cfg = self.cfg
@@ -325,7 +357,7 @@ class Trainer:
             self.log.epoch(**record)
             self.save()
             if cfg.patience and self.progress.evals_without_improvement >= cfg.patience:
-                metric = linkpred.VAL_METRIC if self.link else "accuracy"
+                metric = self.val_metric
                 self.log.message(f"early stop after epoch {epoch}: val {metric} has not improved for "
                                  f"{cfg.patience} evaluations (best {self.progress.best_val:.4f} at epoch "
                                  f"{self.progress.best_epoch})")

@@ -71,7 +71,7 @@ def train_and_predict(cfg: TrainConfig, facts, cluster, sink, log, resume_from: 
         trainer.resume(resume_from)
     if not cfg.predict_only:
         progress = trainer.fit()
-        extra = {"metric": "mrr", "scores": progress.best_scores} if trainer.link else {}
+        extra = {"metric": trainer.val_metric, "scores": progress.best_scores} if progress.best_scores else {}
         log.summary(
             best_epoch=progress.best_epoch, best_val_acc=progress.best_val, test_acc=progress.best_test,
             epochs=progress.epoch + 1, param_digest=trainer.param_digest(), **extra,
@@ -83,6 +83,9 @@ def train_and_predict(cfg: TrainConfig, facts, cluster, sink, log, resume_from: 
         if trainer.link:
             path = inference.write_embeddings(cluster, result, cfg.predict_out)
             log.message(f"node embeddings written to {path}")
+        elif trainer.regression:
+            path = inference.write_regression(cluster, result, cfg.predict_out)
+            log.message(f"predictions written to {path}")
         else:
             path = inference.write_predictions(cluster, result, cfg.predict_out)
             log.message(f"predictions written to {path}")

@@ -201,14 +201,15 @@ def prefetched(batches: Iterator[Batch], depth: int) -> Iterator[Batch]:
 
 
 def iterate_batches(g, loader, locality: PartLocality, *, feat_bytes_per_node: int,
-                    cache: FeatureCache | None = None) -> Iterator[Batch]:
+                    cache: FeatureCache | None = None, target: bool = False) -> Iterator[Batch]:
     """Yield batches with their sampling and feature-fetch time measured separately.
 
     With a cache, cached remote rows come from memory and only the rest is fetched;
     `remote_bytes` counts what still crossed the network.
     """
     feat = g.ndata["feat"]
-    label = g.ndata["label"]
+    # y: class labels (int64), or regression targets (float32) with target=True
+    label = g.ndata["target" if target else "label"]
     fetch = feat.__getitem__
     it = iter(loader)
     while True:
@@ -219,7 +220,7 @@ def iterate_batches(g, loader, locality: PartLocality, *, feat_bytes_per_node: i
             return
         t1 = time.perf_counter()
         x, hits = (fetch(input_nodes), 0) if cache is None else cache.gather(input_nodes, fetch)
-        y = label[seeds].long()
+        y = label[seeds] if target else label[seeds].long()
         t2 = time.perf_counter()
         yield Batch(
             layers=[layer.graph for layer in sampled],
