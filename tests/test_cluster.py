@@ -618,3 +618,49 @@ def test_node_regression_trains_and_predicts_values(tmp_path):
     assert np.array_equal(table["node_id"].to_numpy(), np.arange(19717))
     assert np.isfinite(table["pred"].to_numpy()).all()
     assert wait_gone(only_run(tmp_path / "ws")) == [] and port_free("127.0.0.1", port)
+
+
+def featureless_graph(folder: Path) -> Path:
+    """The synthetic generator's edges alone: no features, no labels, no masks."""
+    from distgnn.graph import load_graph
+
+    graph = load_graph("synthetic:nodes=5000,degree=10,classes=8,feat_dim=2,seed=1")
+    folder.mkdir()
+    pq.write_table(pa.table({"src": graph.src, "dst": graph.dst}), folder / "edges.parquet")
+    (folder / "meta.json").write_text(json.dumps({"name": "featureless", "num_nodes": graph.num_nodes}))
+    return folder
+
+
+def test_learned_node_embeddings_train_link_prediction_on_a_featureless_graph(tmp_path):
+    import torch
+
+    graph = featureless_graph(tmp_path / "graph")
+    out = tmp_path / "shards"
+    subprocess.run([BIN / "partition", "--graph", graph, "--num-parts", "1", "--out", out,
+                    "--link-split", "0.85,0.05,0.1", "--quiet"], check=True, timeout=300)
+    hosts, port = local_hosts(tmp_path)
+    ck = tmp_path / "ck"
+    train = ["--task", "link-prediction", "--node-embedding", "32", "--fanouts", "10,10", "--batch-size", "1000",
+             "--hidden", "64", "--epochs", "6", "--eval-every", "2", "--sparse-lr", "0.05", "--lr", "0.01",
+             "--dropout", "0", "--weight-decay", "0", "--checkpoint-dir", str(ck)]
+    done, _ = run_launch(launch(hosts, out, tmp_path / "a", "--trainers-per-host", "2", train=train),
+                         CLUSTER_TIMEOUT_S)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    sums = summaries(only_run(tmp_path / "a"))
+    assert len({s.param_digest for s in sums}) == 1
+    assert sums[0].scores["test"]["auc"] >= 0.7, sums[0].scores  # chance: 0.5
+    saved = torch.load(ck / "epoch-00005.pt", weights_only=True)["node_embedding"]
+    assert saved.shape == (5000, 32) and saved.abs().max() > 0.2, "rows moved from their +-0.1 start"
+    more = [a if a != "6" else "7" for a in train] + ["--resume", "--predict-out", str(tmp_path / "emb")]
+    done, _ = run_launch(launch(hosts, out, tmp_path / "b", "--trainers-per-host", "2", train=more),
+                         CLUSTER_TIMEOUT_S)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "resumed from epoch 5" in done.stdout
+    (log, *_) = runlog.read_run(only_run(tmp_path / "b"))
+    # the restored rows, not fresh ones: the resumed epoch starts where the first run ended
+    assert log.epochs[0].scores["test"]["auc"] >= 0.7, log.epochs[0].scores
+    table = predictions.read_all(tmp_path / "emb")
+    assert table.column_names == ["node_id", "embedding", "node_embedding"]
+    assert np.array_equal(table["node_id"].to_numpy(), np.arange(5000))
+    assert table.schema.field("node_embedding").type.list_size == 32
+    assert wait_gone(only_run(tmp_path / "b")) == [] and port_free("127.0.0.1", port)

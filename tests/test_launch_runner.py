@@ -174,6 +174,10 @@ def test_port_in_use_is_refused_before_anything_starts(tmp_path, shards):
     (["--task", "link-prediction", "--scorer", "cosine"], "argument --scorer: invalid choice: 'cosine'"),
     (["--task", "link-prediction", "--samplers", "1"], "--samplers 1: link prediction samples in the trainer"),
     (["--task", "link-prediction"], "link prediction needs held-out edges: partition the graph with --link-split"),
+    (["--node-embedding", "-4"], "--node-embedding -4: must be at least 1"),
+    (["--node-embedding", "8", "--sparse-lr", "0"], "--sparse-lr 0.0: must be positive"),
+    (["--node-embedding", "8", "--sparse-optimizer", "sgd"], "argument --sparse-optimizer: invalid choice"),
+    (["--node-embedding", "8", "--precision", "fp16"], "--precision fp16: the sparse"),
 ])
 def test_bad_train_options_are_refused_before_anything_starts(tmp_path, shards, train, needle):
     hosts, _port = local_hosts(tmp_path)
@@ -431,7 +435,8 @@ def test_failing_trainer_names_torchrun_root_cause(tmp_path, shards):
 
 
 @pytest.mark.parametrize("feat, label, needle", [
-    (False, None, "node classification needs node features: the graph has no 'feat' column"),
+    (False, None, "node classification needs node features: the graph has no 'feat' column "
+                  "(learn them instead with --node-embedding DIM)"),
     (True, None, "node classification needs labels: the graph has no 'label' column"),
     (True, -1, "needs labels of at least 2 classes in column 'label': no node is labelled (every label is -1)"),
     (True, 1, "node classification needs train/val/test masks: the graph has no 'train_mask' column"),

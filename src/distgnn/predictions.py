@@ -2,7 +2,8 @@
 
 Node classification: `node_id` (the input graph's original id), `pred` (class), `probs` (class
 probabilities), `embedding` (the last hidden layer). Node regression: `node_id`, `pred` (the
-predicted value, float32), `embedding`. Link prediction: `node_id` and `embedding`
+predicted value, float32), `embedding`. With `--node-embedding`, every file also has
+`node_embedding`, the learned input rows. Link prediction: `node_id` and `embedding`
 (the encoder's output, what the scorer compares), ready for a nearest-neighbour index. Written to a temporary name and renamed, so a reader never
 sees a half-written file.
 """
@@ -27,34 +28,34 @@ def _fixed_list(matrix: np.ndarray) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), matrix.shape[1])
 
 
-def write_rank(out_dir: Path, *, rank: int, orig_id, pred, probs, embedding) -> Path:
+def _write(out_dir: Path, rank: int, columns: dict, node_embedding) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    table = pa.table(
-        {
-            "node_id": pa.array(np.asarray(orig_id, dtype=np.int64)),
-            "pred": pa.array(np.asarray(pred, dtype=np.int64)),
-            "probs": _fixed_list(probs),
-            "embedding": _fixed_list(embedding),
-        }
-    )
+    if node_embedding is not None:  # the learned input rows (--node-embedding)
+        columns["node_embedding"] = _fixed_list(node_embedding)
+    table = pa.table(columns)
     return atomic_write(rank_file(out_dir, rank), lambda f: pq.write_table(table, f))
 
 
-def write_values(out_dir: Path, *, rank: int, orig_id, pred, embedding) -> Path:
+def write_rank(out_dir: Path, *, rank: int, orig_id, pred, probs, embedding, node_embedding=None) -> Path:
+    return _write(out_dir, rank, {
+        "node_id": pa.array(np.asarray(orig_id, dtype=np.int64)),
+        "pred": pa.array(np.asarray(pred, dtype=np.int64)),
+        "probs": _fixed_list(probs),
+        "embedding": _fixed_list(embedding),
+    }, node_embedding)
+
+
+def write_values(out_dir: Path, *, rank: int, orig_id, pred, embedding, node_embedding=None) -> Path:
     """Node regression: `node_id`, `pred` (float32), `embedding`."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    table = pa.table({"node_id": pa.array(np.asarray(orig_id, dtype=np.int64)),
-                      "pred": pa.array(np.asarray(pred, dtype=np.float32)), "embedding": _fixed_list(embedding)})
-    return atomic_write(rank_file(out_dir, rank), lambda f: pq.write_table(table, f))
+    return _write(out_dir, rank, {"node_id": pa.array(np.asarray(orig_id, dtype=np.int64)),
+                                  "pred": pa.array(np.asarray(pred, dtype=np.float32)),
+                                  "embedding": _fixed_list(embedding)}, node_embedding)
 
 
-def write_embeddings(out_dir: Path, *, rank: int, orig_id, embedding) -> Path:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    table = pa.table({"node_id": pa.array(np.asarray(orig_id, dtype=np.int64)), "embedding": _fixed_list(embedding)})
-    return atomic_write(rank_file(out_dir, rank), lambda f: pq.write_table(table, f))
+def write_embeddings(out_dir: Path, *, rank: int, orig_id, embedding, node_embedding=None) -> Path:
+    return _write(out_dir, rank, {"node_id": pa.array(np.asarray(orig_id, dtype=np.int64)),
+                                  "embedding": _fixed_list(embedding)}, node_embedding)
 
 
 def read_all(out_dir: Path) -> pa.Table:

@@ -99,7 +99,7 @@ def check_train_command(ns: argparse.Namespace, train_args: list[str]) -> None:
         manifest = shards.read_manifest(ns.shards)
     except (InputError, OSError):
         return  # the plan reads the manifest again and reports what is wrong with it
-    check_task_data(ns.shards, manifest, train.task)
+    check_task_data(ns.shards, manifest, train.task, train.node_embedding)
 
 
 def config_from_args(argv: list[str]) -> LaunchConfig:

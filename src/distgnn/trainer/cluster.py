@@ -68,7 +68,7 @@ def check_inputs(cfg: TrainConfig, world_size: int) -> GraphFacts:
         num_train=sum(part["train_nodes"] for part in manifest.data["parts"]),
         hosts=tuple(h.address for h in hosts),
     )
-    check_task_data(cfg.shards, manifest, cfg.task)
+    check_task_data(cfg.shards, manifest, cfg.task, cfg.node_embedding)
     if cfg.task == "node-classification" and facts.num_train < world_size and not cfg.predict_only:
         raise InputError(
             f"{cfg.shards}: {facts.num_train} training nodes for {world_size} trainers; "
@@ -77,15 +77,16 @@ def check_inputs(cfg: TrainConfig, world_size: int) -> GraphFacts:
     return facts
 
 
-def check_task_data(shards_dir: Path, manifest, task: str) -> None:
+def check_task_data(shards_dir: Path, manifest, task: str, node_embedding: int = 0) -> None:
     """What the task needs of the shards, with the column or file they lack named: node
     features for every task; labels of at least two classes (node classification) or
     targets (node regression), and train/val/test masks; the held-out edges of
     `partition --link-split` (link prediction)."""
     schema = manifest.schema
     name = task.replace("-", " ")
-    if schema.feat_dim == 0:
-        raise InputError(f"{shards_dir}: {name} needs node features: the graph has no 'feat' column")
+    if schema.feat_dim == 0 and not node_embedding:
+        raise InputError(f"{shards_dir}: {name} needs node features: the graph has no 'feat' column "
+                         "(learn them instead with --node-embedding DIM)")
     if task == "link-prediction":
         if "link_split" not in manifest.data:
             raise InputError(f"{shards_dir}: link prediction needs held-out edges: partition the graph with "

@@ -10,6 +10,7 @@ from distgnn.errors import InputError
 from distgnn.metrics import parse_metrics_port
 from distgnn.ports import DEFAULT_METRICS_PORT
 from distgnn.trainer.custom import split_spec
+from distgnn.trainer.inputs import SPARSE_OPTIMIZERS
 from distgnn.trainer.linkpred import SCORERS
 from distgnn.trainer.model import BUILTIN_MODELS, FEATURE_NORMS
 from distgnn.trainer.step import OPTIMIZERS
@@ -74,6 +75,11 @@ class TrainConfig:
     """Link prediction: uniform negative destinations per positive edge in training."""
     scorer: str = "dot"
     """Link prediction: 'dot' or 'mlp' over the two nodes' embeddings."""
+    node_embedding: int = 0
+    """Learnable values per node (DistEmbedding), next to the features or instead of them (0: none)."""
+    sparse_optimizer: str = "adam"
+    """DGL's distributed sparse optimizer for the node embeddings: 'adam' or 'adagrad'."""
+    sparse_lr: float = 0.01
     model: str = "sage"
     """'sage', 'gcn', 'gat', or package.module:factory (distgnn.trainer.custom)."""
     heads: int = 4
@@ -148,6 +154,16 @@ class TrainConfig:
         if self.task == "link-prediction" and self.samplers:
             raise InputError(f"--samplers {self.samplers}: link prediction samples in the trainer process "
                              "(--prefetch overlaps it with the step); use --samplers 0")
+        if self.node_embedding < 0:
+            raise InputError(f"--node-embedding {self.node_embedding}: must be at least 1 (or 0: none)")
+        if self.sparse_optimizer not in SPARSE_OPTIMIZERS:
+            raise InputError(f"--sparse-optimizer {self.sparse_optimizer!r}: expected one of "
+                             f"{', '.join(SPARSE_OPTIMIZERS)}")
+        if self.sparse_lr <= 0:
+            raise InputError(f"--sparse-lr {self.sparse_lr}: must be positive")
+        if self.node_embedding and self.precision == "fp16":
+            raise InputError("--precision fp16: the sparse optimizer of --node-embedding does not unscale "
+                             "fp16 gradients; use bf16 or fp32")
         if self.heads < 1:
             raise InputError(f"--heads {self.heads}: must be at least 1")
         if self.model == "gat" and self.hidden % self.heads:
@@ -213,6 +229,12 @@ def build_parser(raising: bool = False) -> argparse.ArgumentParser:
                    help="link prediction: uniform negatives per positive edge in training (default 4)")
     p.add_argument("--scorer", default="dot", choices=SCORERS,
                    help="link prediction: score a pair by the dot product of its embeddings, or an MLP (default dot)")
+    p.add_argument("--node-embedding", type=int, default=0, metavar="DIM",
+                   help="learn DIM values per node (DGL DistEmbedding), beside the features or, on a graph "
+                        "without them, instead (default 0: none)")
+    p.add_argument("--sparse-optimizer", default="adam", choices=SPARSE_OPTIMIZERS,
+                   help="DGL's distributed sparse optimizer for --node-embedding (default adam)")
+    p.add_argument("--sparse-lr", type=float, default=0.01, help="learning rate of the node embeddings (default 0.01)")
     p.add_argument("--model", default="sage",
                    help=f"{', '.join(BUILTIN_MODELS)}, or package.module:factory for your own (docs/custom-models.md); "
                         "default sage")
@@ -273,6 +295,9 @@ def config_from_args(argv: list[str] | None = None, raising: bool = False) -> Tr
         feature_cache_mb=ns.feature_cache_mb,
         hidden=ns.hidden,
         model=ns.model,
+        node_embedding=ns.node_embedding,
+        sparse_optimizer=ns.sparse_optimizer,
+        sparse_lr=ns.sparse_lr,
         task=ns.task,
         negatives=ns.negatives,
         scorer=ns.scorer,

@@ -78,6 +78,7 @@ class EdgeBatch:
     pairs: tuple[torch.Tensor, torch.Tensor]
     """(u, v): rows of the seed nodes of each scored pair, positives first."""
     seeds: torch.Tensor
+    input_nodes: torch.Tensor
     sampled_edges: int
     remote_bytes: int
     timings: dict[str, float] = field(default_factory=dict)
@@ -99,8 +100,9 @@ def pair_keys(src: torch.Tensor, dst: torch.Tensor, num_nodes: int) -> torch.Ten
 def edge_batches(g, sampler, eids: torch.Tensor, *, batch_size: int, negatives: int, shuffle: bool,
                  locality, feat_bytes_per_node: int, cache=None) -> Iterator[EdgeBatch]:
     """One epoch of batches over `eids`, with `negatives` uniform negatives per positive."""
-    feat = g.ndata["feat"]
-    fetch = feat.__getitem__
+    from distgnn.trainer.sampling import feature_fetcher
+
+    fetch = feature_fetcher(g)
     n = int(g.num_nodes())
     order = eids[torch.randperm(len(eids))] if shuffle else eids
     for start in range(0, len(order), batch_size):
@@ -126,6 +128,7 @@ def edge_batches(g, sampler, eids: torch.Tensor, *, batch_size: int, negatives: 
             y=torch.cat([torch.ones(b), torch.zeros(b * negatives)]),
             pairs=(rows_u, rows_v),
             seeds=seeds,
+            input_nodes=input_nodes,
             sampled_edges=sum(layer.graph.num_edges for layer in sampled),
             remote_bytes=(locality.remote_count(input_nodes) - hits) * feat_bytes_per_node,
             timings={"sample": t1 - t0, "fetch": t2 - t1},

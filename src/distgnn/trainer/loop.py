@@ -26,6 +26,7 @@ from distgnn.trainer.cluster import Cluster, GraphFacts, split_nodes
 from distgnn.trainer.config import TrainConfig
 from distgnn.trainer.features import FeatureCache, build_cache, rows_within
 from distgnn.trainer import linkpred, regression
+from distgnn.trainer.inputs import NodeInputs
 from distgnn.trainer.model import ModelConfig, build_model
 from distgnn.partition import shards
 from distgnn.trainer.sampling import LayerSampler, PartLocality, iterate_batches, make_loader, prefetched
@@ -58,7 +59,7 @@ def model_config(cfg: TrainConfig, facts: GraphFacts) -> ModelConfig:
     --hidden wide."""
     outputs = {LINK: cfg.hidden, REGRESSION: 1}.get(cfg.task, facts.num_classes)
     return ModelConfig(
-        in_dim=facts.feat_dim, hidden=cfg.hidden, num_classes=outputs, num_layers=cfg.num_layers,
+        in_dim=facts.feat_dim + cfg.node_embedding, hidden=cfg.hidden, num_classes=outputs, num_layers=cfg.num_layers,
         dropout=float(cfg.dropout), feature_norm=cfg.feature_norm, model=cfg.model, heads=cfg.heads,
     )
 
@@ -66,7 +67,7 @@ def model_config(cfg: TrainConfig, facts: GraphFacts) -> ModelConfig:
 def checkpoint_config(cfg: TrainConfig, facts: GraphFacts) -> dict:
     """What a checkpoint records of the model and a resume must match: the node model, the
     task, and the link scorer."""
-    out = {**dataclasses.asdict(model_config(cfg, facts)), "task": cfg.task}
+    out = {**dataclasses.asdict(model_config(cfg, facts)), "task": cfg.task, "node_embedding": cfg.node_embedding}
     if cfg.task == LINK:
         out["scorer"] = cfg.scorer
     return out
@@ -88,6 +89,9 @@ class Trainer:
     def __post_init__(self) -> None:
         c = self.cluster
         torch.manual_seed(self.cfg.seed)  # identical initial weights on every rank
+        c.g.barrier()
+        self.inputs = NodeInputs(c.g, feat_dim=self.facts.feat_dim, embedding_dim=self.cfg.node_embedding,
+                                 name=f"{self.cfg.job_id}_node_embedding")
         self.model_config = model_config(self.cfg, self.facts)
         self.checkpoint_config = checkpoint_config(self.cfg, self.facts)
         self.model = build_model(self.model_config).to(c.device)
@@ -103,6 +107,7 @@ class Trainer:
         self.precision = steps.Precision.parse(self.cfg.precision, c.device)
         self.ddp = steps.wrap_ddp(self.net, c.device)
         self.optimizer = steps.make_optimizer(self.net, self.cfg.lr, self.cfg.weight_decay, self.cfg.optimizer)
+        self.sparse_optimizer = self.inputs.make_optimizer(self.cfg.sparse_optimizer, self.cfg.sparse_lr)
         self.scaler = steps.make_grad_scaler(self.precision, c.device)
         self.locality = PartLocality(c.g)
         if not local_sampling.install(c.g.local_partition, c.g.get_partition_book()):
@@ -133,8 +138,8 @@ class Trainer:
         self.metrics.info(self.cfg.to_json())
 
     def _build_cache(self) -> FeatureCache | None:
-        if self.cfg.feature_cache_mb <= 0 or self.facts.num_parts == 1:
-            return None  # one part: no remote node to cache
+        if self.cfg.feature_cache_mb <= 0 or self.facts.num_parts == 1 or not self.facts.feat_dim:
+            return None  # one part: no remote node to cache; no features: nothing to cache
         c = self.cluster
         t0 = time.perf_counter()
         budget = self.cfg.feature_cache_mb * 2**20
@@ -163,6 +168,10 @@ class Trainer:
             rank=self.cluster.rank,
         )
         self.progress = Progress(**progress)
+        if self.inputs.embedding is not None:
+            if self.cluster.rank == 0:  # one writer; everyone else waits until the rows are back
+                self.inputs.load(state["node_embedding"])
+            dist.barrier()
         what = "resumed" if self.cfg.resume else "predicting"
         self.log.message(f"{what} from epoch {state['epoch']} ({path.name})")
 
@@ -172,6 +181,11 @@ class Trainer:
         # Every rank's RNG state travels to rank 0 so a resumed run continues each rank's stream.
         rngs = [None] * self.cluster.world_size
         dist.all_gather_object(rngs, ckpt.capture_rng_state())
+        # The learned node embeddings travel with the network: rank 0 reads every row while
+        # the others wait, so no update of the next epoch slips into the copy.
+        embedding = self.inputs.state() if self.cluster.rank == 0 else None
+        if self.inputs.embedding is not None:
+            dist.barrier()
         if self.cluster.rank != 0:
             return
         state = ckpt.make_state(
@@ -179,6 +193,8 @@ class Trainer:
             model_config=self.checkpoint_config, train_config=self.cfg.to_json(),
             progress=dataclasses.asdict(self.progress), rng=rngs,
         )
+        if embedding is not None:
+            state["node_embedding"] = embedding
         try:
             ckpt.save_checkpoint(self.cfg.checkpoint_dir, self.progress.epoch, state)
         except OSError as err:  # a full or read-only disk: say so in one line, as the first failure
@@ -206,6 +222,7 @@ class Trainer:
             if i >= self.steps_per_epoch:
                 break  # never more steps than the slowest rank: DDP would wait forever
             layers, x, y = steps.move_batch(batch.layers, batch.x, batch.y, c.device)
+            x = self.inputs.complete(x, batch.input_nodes, c.device)
             extra, loss_fn, count = (), None, len(batch.seeds)
             if self.link:
                 extra = tuple(rows.to(c.device) for rows in batch.pairs)
@@ -216,6 +233,12 @@ class Trainer:
                 self.ddp, self.optimizer, self.scaler, layers, x, y,
                 precision=self.precision, clip_norm=self.cfg.clip_norm, extra=extra, loss_fn=loss_fn,
             )
+            if self.sparse_optimizer is not None:
+                # DGL's sparse optimizers drop the recorded lookups only inside a step that
+                # follows zero_grad(); without it every step would apply all earlier batches'
+                # gradients again (and keep them in memory).
+                self.sparse_optimizer.zero_grad()
+                self.sparse_optimizer.step()  # the embedding rows this batch used
             self.scheduler.step()
             heartbeat.tick()
             t = result.timings
@@ -263,6 +286,7 @@ class Trainer:
         for batch in iterate_batches(c.g, loader, self.locality, feat_bytes_per_node=self.feat_bytes,
                                      cache=self.cache):
             layers, x, y = steps.move_batch(batch.layers, batch.x, batch.y, c.device)
+            x = self.inputs.complete(x, batch.input_nodes, c.device)
             correct, total = steps.evaluate_batch(self.model, layers, x, y, precision=self.precision)
             counts += torch.tensor([correct, total], dtype=torch.float64)
             heartbeat.tick()
@@ -275,7 +299,8 @@ class Trainer:
 
         c = self.cluster
         self.evaluations += 1
-        outputs = inference.layerwise_outputs(c, self.model, self.model_config, batch_size=self.cfg.batch_size,
+        outputs = inference.layerwise_outputs(c, self.model, self.model_config, self.inputs,
+                                              batch_size=self.cfg.batch_size,
                                               name=f"{self.cfg.job_id}_lp{self.evaluations}")
         embeddings, scores = outputs[-1], {}
         for split, (src, dst, neg) in self.held_out.items():
@@ -302,6 +327,7 @@ class Trainer:
             for batch in iterate_batches(c.g, loader, self.locality, feat_bytes_per_node=self.feat_bytes,
                                          cache=self.cache, target=True):
                 layers, x, y = steps.move_batch(batch.layers, batch.x, batch.y, c.device)
+                x = self.inputs.complete(x, batch.input_nodes, c.device)
                 sums += regression.batch_sums(self.model, layers, x, y, self.precision)
                 heartbeat.tick()
             dist.all_reduce(sums)
@@ -373,5 +399,9 @@ class Trainer:
         return h.hexdigest()
 
     def use_best_model(self) -> None:
+        if self.inputs.embedding is not None:
+            # the network of the best epoch would meet the embeddings of the last: keep both as trained
+            self.log.message("--node-embedding: predicting with the last epoch's network and embeddings")
+            return
         if self.progress.best_model is not None:
             self.net.load_state_dict(self.progress.best_model)

@@ -78,8 +78,10 @@ def train_and_predict(cfg: TrainConfig, facts, cluster, sink, log, resume_from: 
         )
     trainer.use_best_model()
     if cfg.predict_out is not None:
-        result = inference.infer(cluster, trainer.model, trainer.model_config, batch_size=cfg.batch_size,
-                                 job_id=cfg.job_id)
+        result = inference.infer(cluster, trainer.model, trainer.model_config, trainer.inputs,
+                                 batch_size=cfg.batch_size, job_id=cfg.job_id)
+        if trainer.inputs.embedding is not None:
+            result["inputs"] = trainer.inputs.embedding.weight[result["nodes"]].numpy()
         if trainer.link:
             path = inference.write_embeddings(cluster, result, cfg.predict_out)
             log.message(f"node embeddings written to {path}")

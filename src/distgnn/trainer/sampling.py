@@ -26,6 +26,8 @@ class Batch:
     y: torch.Tensor
     seeds: torch.Tensor
     """Global (renumbered) ids of the output nodes."""
+    input_nodes: torch.Tensor
+    """Global ids of the rows of x (learnable embeddings are looked up by them)."""
     sampled_edges: int
     remote_bytes: int
     timings: dict[str, float] = field(default_factory=dict)
@@ -200,6 +202,14 @@ def prefetched(batches: Iterator[Batch], depth: int) -> Iterator[Batch]:
         thread.join()
 
 
+def feature_fetcher(g):
+    """ids -> feature rows, or empty rows for a graph without features (--node-embedding)."""
+    try:
+        return g.ndata["feat"].__getitem__
+    except KeyError:
+        return lambda ids: torch.empty(len(ids), 0)
+
+
 def iterate_batches(g, loader, locality: PartLocality, *, feat_bytes_per_node: int,
                     cache: FeatureCache | None = None, target: bool = False) -> Iterator[Batch]:
     """Yield batches with their sampling and feature-fetch time measured separately.
@@ -207,10 +217,9 @@ def iterate_batches(g, loader, locality: PartLocality, *, feat_bytes_per_node: i
     With a cache, cached remote rows come from memory and only the rest is fetched;
     `remote_bytes` counts what still crossed the network.
     """
-    feat = g.ndata["feat"]
+    fetch = feature_fetcher(g)
     # y: class labels (int64), or regression targets (float32) with target=True
     label = g.ndata["target" if target else "label"]
-    fetch = feat.__getitem__
     it = iter(loader)
     while True:
         t0 = time.perf_counter()
@@ -227,6 +236,7 @@ def iterate_batches(g, loader, locality: PartLocality, *, feat_bytes_per_node: i
             x=x,
             y=y,
             seeds=seeds,
+            input_nodes=input_nodes,
             sampled_edges=sum(layer.graph.num_edges for layer in sampled),
             remote_bytes=(locality.remote_count(input_nodes) - hits) * feat_bytes_per_node,
             timings={"sample": t1 - t0, "fetch": t2 - t1},
