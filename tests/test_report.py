@@ -239,3 +239,24 @@ def test_out_must_be_a_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     write_rank(tmp_path, 0)
     err = _fails([str(tmp_path), "--out", str(tmp_path / "r.pdf")], capsys)
     assert err.endswith(f"--out {tmp_path / 'r.pdf'}: the report is a PNG; give a path ending in .png")
+
+
+def test_other_tasks_log_their_metric_and_every_score(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Link prediction logs mrr as its metric and auc/mrr/hits@k per split; the report plots the
+    metric under its name."""
+    clock = Clock(1000.0)
+    scores = {"val": {"auc": 0.9, "mrr": 0.4, "hits@10": 0.7}, "test": {"auc": 0.89, "mrr": 0.38, "hits@10": 0.69}}
+    out = io.StringIO()
+    with runlog.RunLogWriter(runlog.log_path(tmp_path, 0), rank=0, host="h0", job_id="lp", clock=clock,
+                             stream=out) as log:
+        clock.now += 1
+        log.epoch(epoch=0, loss=0.6, seeds=100, steps=1, seconds=1.0, val_acc=0.4, test_acc=0.38,
+                  metric="mrr", scores=scores)
+        log.summary(best_epoch=0, best_val_acc=0.4, test_acc=0.38, epochs=1, param_digest="x",
+                    metric="mrr", scores=scores)
+    (read,) = runlog.read_run(tmp_path)
+    assert read.epochs[0].metric == "mrr" and read.epochs[0].scores == scores
+    assert read.summary.metric == "mrr" and read.summary.scores["test"]["auc"] == 0.89
+    assert "val mrr 0.4000" in out.getvalue() and "test auc 0.8900" in out.getvalue()
+    assert report.main([str(tmp_path)]) == 0
+    assert (tmp_path / "report.png").exists()

@@ -79,7 +79,7 @@ def _summarize_rank(log: RankLog) -> RankSummary:
 
 
 def _best(log: RankLog) -> tuple[int | None, float | None, float | None]:
-    """(epoch, val accuracy, test accuracy) of the best epoch by validation accuracy."""
+    """(epoch, val, test) of the best epoch by the task's validation metric (accuracy, mrr, r2)."""
     if log.summary is not None and log.summary.best_epoch >= 0:
         return log.summary.best_epoch, log.summary.best_val_acc, log.summary.test_acc
     best = None
@@ -170,7 +170,10 @@ def render_png(logs: Sequence[RankLog], out: Path) -> None:
         tput_ax.plot(grid, total, color="black", linewidth=2, label="total")
     job = f" {logs[0].job_id}" if logs[0].job_id else ""
     loss_ax.set(title=f"distgnn run{job}: training loss", ylabel="loss")
-    acc_ax.set(title="accuracy after each epoch", ylabel="accuracy", ylim=(0, 1.02))
+    metric = next((e.metric for log in logs for e in log.epochs), "accuracy")
+    acc_ax.set(title=f"{metric} after each epoch", ylabel=metric)
+    if metric != "r2":  # accuracy and mrr lie in [0, 1]; R² may be far below 0
+        acc_ax.set_ylim(0, 1.02)
     tput_ax.set(title="throughput", ylabel="seeds / s", xlabel="seconds since the run started")
     tput_ax.set_ylim(bottom=0)
     for ax in (loss_ax, acc_ax, tput_ax):
