@@ -50,6 +50,22 @@ def partition(graph: Path, out: Path, parts: int, task: str) -> Path:
     return out
 
 
+def edges_only(graph: Path | str, folder: Path) -> Path:
+    """A Parquet graph folder with the graph's edges and nothing else."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from distgnn.graph import load_graph
+
+    g = load_graph(str(graph))
+    folder.mkdir()
+    pq.write_table(pa.table({"src": g.src, "dst": g.dst}), folder / "edges.parquet")
+    (folder / "meta.json").write_text(json.dumps({"name": f"{g.name}-edges", "num_nodes": g.num_nodes}))
+    return folder
+
+
 def train_once(hosts: Path, shards: Path, work: Path, job: str, seed: int, ssh: list[str],
                train: list[str]) -> dict[str, float]:
     from distgnn import runlog
@@ -68,11 +84,13 @@ def train_once(hosts: Path, shards: Path, work: Path, job: str, seed: int, ssh: 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--graph", type=Path, default=REPO / "data" / "pubmed", help="any `partition --graph` source")
+    p.add_argument("--graph", default=str(REPO / "data" / "pubmed"), help="any `partition --graph` source")
     p.add_argument("--task", choices=list(TASKS), default="node-classification")
     p.add_argument("--model", default="sage", help="sage, gcn, gat or package.module:factory (default sage)")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--one-host-only", action="store_true", help="skip the two emulated hosts (no root needed)")
+    p.add_argument("--edges-only", action="store_true",
+                   help="train on the graph's edges alone (no features, labels or masks): with --node-embedding")
     p.add_argument("extra", nargs="*", help="after --: more train arguments (they override the defaults)")
     args = p.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -85,20 +103,21 @@ def main() -> int:
     results: dict[str, list[dict[str, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="distgnn-acc-") as tmp:
         work = Path(tmp)
-        one = partition(args.graph, work / "p1", 1, args.task)
+        graph = edges_only(args.graph, work / "edges-only") if args.edges_only else args.graph
+        one = partition(graph, work / "p1", 1, args.task)
         local = work / "ip1.txt"
         local.write_text(f"127.0.0.1 {free_port()}\n")
         results["1 partition x 1 trainer"] = [train_once(local, one, work, f"one-{s}", s, [], train) for s in seeds]
         print("1 partition:", results["1 partition x 1 trainer"], flush=True)
         if not args.one_host_only:
-            two = partition(args.graph, work / "p2", 2, args.task)
+            two = partition(graph, work / "p2", 2, args.task)
             with EmulatedHosts(2, sshd=True) as emu:
                 pair = work / "ip2.txt"
                 pair.write_text("".join(f"{h.address} {free_port()}\n" for h in emu.hosts))
                 results["2 partitions x 1 trainer"] = [
                     train_once(pair, two, work, f"two-{s}", s, emu.ssh_options(), train) for s in seeds
                 ]
-    print(f"\n{args.graph.name}, {args.task}, --model {args.model} {' '.join(args.extra)}: "
+    print(f"\n{Path(args.graph).name}{' (edges only)' if args.edges_only else ''}, {args.task}, --model {args.model} {' '.join(args.extra)}: "
           f"test metrics at the best validation epoch, seeds {seeds}")
     metrics = list(next(iter(results.values()))[0])
     means: dict[str, dict[str, float]] = {}

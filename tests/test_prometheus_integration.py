@@ -522,7 +522,7 @@ def test_dashboard_covers_what_the_issue_asks_for() -> None:
     for metric in (
         "distgnn_trainer_seeds_total", "distgnn_trainer_step_phase_seconds", "distgnn_trainer_loss",
         "distgnn_trainer_accuracy_ratio", "distgnn_process_resident_memory_bytes", "distgnn_trainer_gpu_memory_bytes",
-        "distgnn_launcher_run_state", "distgnn_trainer_step_seconds_bucket",
+        "distgnn_launcher_run_state", "distgnn_trainer_step_seconds_bucket", "distgnn_trainer_eval_score",
     ):
         assert metric in exprs, metric
     titles = [t for t, _ in dashboard_targets()]
