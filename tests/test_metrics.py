@@ -141,6 +141,15 @@ def test_epoch_end_sets_epoch_duration_and_only_the_evaluated_accuracies() -> No
     assert value(registry, "distgnn_trainer_accuracy_ratio", **IDS, split="train") is None
 
 
+def test_eval_scores_are_one_series_per_split_and_metric() -> None:
+    registry = CollectorRegistry()
+    sink = trainer(registry)
+    sink.eval_scores({"val": {"auc": 0.9, "mrr": 0.41}, "test": {"auc": 0.88}})
+    assert value(registry, "distgnn_trainer_eval_score", **IDS, split="val", metric="mrr") == 0.41
+    assert value(registry, "distgnn_trainer_eval_score", **IDS, split="test", metric="auc") == 0.88
+    assert value(registry, "distgnn_trainer_eval_score", **IDS, split="test", metric="mrr") is None
+
+
 def test_info_carries_versions_and_config() -> None:
     registry = CollectorRegistry()
     trainer(registry).info({"lr": 0.003, "fanouts": [10, 25], "batch-size": 1000, "job_id": "job-7", "run_dir": None})
