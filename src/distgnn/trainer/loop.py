@@ -19,16 +19,15 @@ import torch.distributed as dist
 from distgnn import heartbeat
 from distgnn.errors import InputError, RunFailure
 from distgnn.metrics import PHASES as METRIC_PHASES
+from distgnn.partition import shards
 from distgnn.trainer import checkpoint as ckpt
-from distgnn.trainer import local_sampling
+from distgnn.trainer import linkpred, local_sampling, regression
 from distgnn.trainer import step as steps
 from distgnn.trainer.cluster import Cluster, GraphFacts, split_nodes
 from distgnn.trainer.config import TrainConfig
 from distgnn.trainer.features import FeatureCache, build_cache, rows_within
-from distgnn.trainer import linkpred, regression
 from distgnn.trainer.inputs import NodeInputs
 from distgnn.trainer.model import ModelConfig, build_model
-from distgnn.partition import shards
 from distgnn.trainer.sampling import LayerSampler, PartLocality, iterate_batches, make_loader, prefetched
 
 PHASES = (*METRIC_PHASES, "wait")
@@ -50,8 +49,12 @@ class Progress:
     evals_without_improvement: int = 0
     best_model: dict | None = None
     best_scores: dict | None = None
-    """Link prediction: every metric of the best evaluation."""
+    """Link prediction and regression: every metric of the best evaluation."""
     history: list[dict] = field(default_factory=list)
+
+
+LINK = "link-prediction"
+REGRESSION = "node-regression"
 
 
 def model_config(cfg: TrainConfig, facts: GraphFacts) -> ModelConfig:
@@ -73,10 +76,6 @@ def checkpoint_config(cfg: TrainConfig, facts: GraphFacts) -> dict:
     return out
 
 
-LINK = "link-prediction"
-REGRESSION = "node-regression"
-
-
 @dataclass
 class Trainer:
     cfg: TrainConfig
@@ -89,12 +88,11 @@ class Trainer:
     def __post_init__(self) -> None:
         c = self.cluster
         torch.manual_seed(self.cfg.seed)  # identical initial weights on every rank
-        c.g.barrier()
-        self.inputs = NodeInputs(c.g, feat_dim=self.facts.feat_dim, embedding_dim=self.cfg.node_embedding,
-                                 name=f"{self.cfg.job_id}_node_embedding")
         self.model_config = model_config(self.cfg, self.facts)
         self.checkpoint_config = checkpoint_config(self.cfg, self.facts)
         self.model = build_model(self.model_config).to(c.device)
+        self.inputs = NodeInputs(c.g, feat_dim=self.facts.feat_dim, embedding_dim=self.cfg.node_embedding,
+                                 name=f"{self.cfg.job_id}_node_embedding")
         self.link = self.cfg.task == LINK
         self.regression = self.cfg.task == REGRESSION
         if self.link and not hasattr(self.model, "forward_layer"):

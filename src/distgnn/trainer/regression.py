@@ -11,9 +11,8 @@ import math
 
 import torch
 from torch.nn import functional as F
-from torch.nn.parallel import DistributedDataParallel
 
-from distgnn.trainer.step import Precision, autocast_context
+from distgnn.trainer.step import Precision, eval_forward
 
 VAL_METRIC = "r2"
 
@@ -32,15 +31,7 @@ def with_targets(g, nids: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def batch_sums(model, layers, x: torch.Tensor, y: torch.Tensor, precision: Precision) -> torch.Tensor:
     """float64 [n, sum e^2, sum |e|, sum y, sum y^2] of one batch (e = prediction - target), in eval mode."""
-    module = model.module if isinstance(model, DistributedDataParallel) else model
-    was_training = module.training
-    module.eval()
-    try:
-        with autocast_context(precision, x.device):
-            out = module(layers, x)
-    finally:
-        module.train(was_training)
-    pred = out.float().squeeze(-1).double()
+    pred = eval_forward(model, layers, x, precision).float().squeeze(-1).double()
     y = y.double()
     err = pred - y
     return torch.stack([torch.tensor(float(y.numel()), dtype=torch.float64, device=y.device),

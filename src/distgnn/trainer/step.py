@@ -178,19 +178,25 @@ def _clip_and_step(optimizer: torch.optim.Optimizer, scaler: torch.cuda.amp.Grad
 
 
 @torch.no_grad()
-def evaluate_batch(
-    model: nn.Module, layers: list[LayerGraph], x: torch.Tensor, y: torch.Tensor, precision: Precision
-) -> tuple[int, int]:
-    """(correct, total) predictions of one batch, in eval mode."""
+def eval_forward(model: nn.Module, layers: list[LayerGraph], x: torch.Tensor, precision: Precision) -> torch.Tensor:
+    """The model's output for one batch in eval mode, under autocast; training mode is restored."""
     # The bare module: evaluating through DDP would take part in its collectives.
     module = model.module if isinstance(model, DistributedDataParallel) else model
     was_training = module.training
     module.eval()
     try:
         with autocast_context(precision, x.device):
-            logits = module(layers, x)
+            return module(layers, x)
     finally:
         module.train(was_training)
+
+
+@torch.no_grad()
+def evaluate_batch(
+    model: nn.Module, layers: list[LayerGraph], x: torch.Tensor, y: torch.Tensor, precision: Precision
+) -> tuple[int, int]:
+    """(correct, total) predictions of one batch, in eval mode."""
+    logits = eval_forward(model, layers, x, precision)
     correct = int((logits.argmax(dim=1) == y).sum())
     return correct, int(y.numel())
 
