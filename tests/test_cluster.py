@@ -500,6 +500,8 @@ def test_two_jobs_of_one_graph_name_on_one_host_at_once_both_succeed(tmp_path, p
         (tmp_path / name).mkdir()
         hosts, _ = local_hosts(tmp_path / name)
         argv = launch(hosts, shards, ws, "--job-id", name, train=train)
+        at = argv.index("--master-port")  # the default: each launch picks a free rendezvous port
+        del argv[at:at + 2]
         procs.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                       stdin=subprocess.DEVNULL))
     outs = [p.communicate(timeout=CLUSTER_TIMEOUT_S) for p in procs]

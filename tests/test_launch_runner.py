@@ -425,6 +425,25 @@ def test_dry_run_prints_the_plan_and_starts_nothing(tmp_path, shards, capsys):
     assert not (tmp_path / "ws").exists()
 
 
+def test_the_rendezvous_port_is_a_free_one_unless_given(tmp_path, shards, capsys):
+    """Two launches started together must not both take torchrun's 29500."""
+    from distgnn.launcher.cli import main
+
+    hosts, _ = local_hosts(tmp_path)
+    common = ["--hosts", str(hosts), "--shards", str(shards[1]), "--workspace", str(tmp_path / "ws"),
+              "--dry-run=json", "--metrics-port", "0"]
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        ports = []
+        for _ in range(2):
+            assert main([*common, "--", "train"]) == 0
+            ports.append(json.loads(capsys.readouterr().out)["master_port"])
+        assert busy.getsockname()[1] not in ports
+    assert all(1 <= p <= 65535 and port_free("127.0.0.1", p) for p in ports)
+    assert main([*common, "--master-port", "29611", "--", "train"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["master_port"] == 29611 and "29611" in data["processes"][1]["argv"]
+
+
 def test_failing_trainer_names_torchrun_root_cause(tmp_path, shards):
     hosts, port = local_hosts(tmp_path)
     workspace = tmp_path / "ws"

@@ -32,7 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     per_host.add_argument("--gpus-per-host", type=int, default=0, help="one trainer per GPU, N GPUs per host")
     p.add_argument("--servers-per-host", type=int, default=1, help="graph servers per host (default 1)")
     p.add_argument("--samplers", type=int, default=0, help="sampler processes per trainer (default 0)")
-    p.add_argument("--master-port", type=int, default=DEFAULT_MASTER_PORT, help="rendezvous port on the first host")
+    p.add_argument("--master-port", type=int, default=None,
+                   help="rendezvous port on the first host (default: a free port when the first host is this "
+                        f"machine, so two jobs started together do not collide; {DEFAULT_MASTER_PORT} on a remote one)")
     p.add_argument("--metrics-port", default=str(DEFAULT_METRICS_PORT),
                    help="base /metrics port (default %(default)s), 0 disables, 'auto' takes the next free ones")
     p.add_argument("--metrics-addr", default="0.0.0.0", help="address of the launcher's own /metrics")

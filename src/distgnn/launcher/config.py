@@ -42,8 +42,9 @@ class LaunchConfig:
     """Graph servers per host (server 0 loads the part, the others are DGL backup servers)."""
     samplers: int = 0
     """Sampler processes per trainer (each is one more DGL client)."""
-    master_port: int = DEFAULT_MASTER_PORT
-    """torch.distributed rendezvous port on the first host."""
+    master_port: int | None = DEFAULT_MASTER_PORT
+    """torch.distributed rendezvous port on the first host; None: a free one, picked by
+    `run.make_plan` when the first host is this machine (DEFAULT_MASTER_PORT otherwise)."""
     metrics_port: int | str = DEFAULT_METRICS_PORT
     """Base of the per-process /metrics ports (distgnn.ports.metrics_port; the launcher's own
     is the base); 0 disables metrics; 'auto': each process takes the next free port."""
@@ -121,7 +122,7 @@ class LaunchConfig:
                 raise InputError(f"{flag} {value}: must be at least {low}")
 
     def _check_ports(self) -> None:
-        if not 1 <= self.master_port <= 65535:
+        if self.master_port is not None and not 1 <= self.master_port <= 65535:
             raise InputError(f"--master-port {self.master_port}: must be in 1-65535")
         if self.metrics_port != "auto" and not (
             isinstance(self.metrics_port, int) and 0 <= self.metrics_port <= 65535

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TextIO
 
@@ -31,6 +32,7 @@ from distgnn.launcher.monitor import NULL_MONITOR, NullMonitor, RunMonitor, star
 from distgnn.launcher.runner import LocalRunner, Runner, SshRunner
 from distgnn.launcher.supervise import RunResult, Supervisor, format_report
 from distgnn.partition import shards
+from distgnn.ports import DEFAULT_MASTER_PORT
 
 PROBE_TIMEOUT_S = 90.0
 """A probe may import torch (GPU count) on a busy host."""
@@ -62,6 +64,8 @@ def make_plan(cfg: LaunchConfig) -> RunPlan:
     hosts = load_hosts(cfg, local)
     manifest = shards.read_manifest(cfg.shards)
     job_id = cfg.job_id or rundir.new_job_id()
+    if cfg.master_port is None:
+        cfg = replace(cfg, master_port=rendezvous_port(hosts[0], local))
     return plan_run(
         cfg,
         hosts,
@@ -71,6 +75,16 @@ def make_plan(cfg: LaunchConfig) -> RunPlan:
         num_parts=manifest.num_parts,
         cpu_count=os.cpu_count() or 1,
     )
+
+
+def rendezvous_port(first: HostEntry, local: set[str]) -> int:
+    """A port free now on the first host when it is this machine; torchrun's usual one on a
+    remote host (the preflight still checks it is free there)."""
+    if not is_local(first, local):
+        return DEFAULT_MASTER_PORT
+    with socket.socket() as sock:
+        sock.bind((first.address, 0))
+        return sock.getsockname()[1]
 
 
 def runner_for(cfg: LaunchConfig, plan: RunPlan, index: int) -> Runner:
