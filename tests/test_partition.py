@@ -385,3 +385,32 @@ def test_part_kway_asks_metis_for_the_configured_number_of_initial_partitionings
         part, cut = part_kway(indptr, indices, 2, None, MetisOptions(initial_tries=tries, coarsen_per_part=1),
                               metis_library)
         assert written["nIparts"] == expected and cut == 1
+
+
+def test_a_system_libmetis_without_internals_falls_back_to_pymetis_with_one_line(monkeypatch, tmp_path):
+    """Debian's libmetis exports METIS 5.1's internals; a build that does not is passed over
+    for the METIS inside pymetis, and the report says so."""
+    import ctypes.util
+    import io
+
+    import distgnn.partition.metis as metis
+    from distgnn.partition.report import format_report
+
+    system = ctypes.util.find_library("metis")
+    assert system is not None, "make test installs libmetis5 (scripts/install-system-deps.sh)"
+    real = metis._bind_internals
+    monkeypatch.setattr(metis, "_bind_internals", lambda lib: False if lib.path == system else real(lib))
+    available_libraries.cache_clear()
+    try:
+        (only,) = available_libraries()
+        assert only.path.endswith(".so") and "pymetis" in only.path and only.idx_bits == 64
+        assert "lacks METIS 5.1's internal entry points" in only.fallback
+        report = _partition(random_graph(300, 2000, seed=2), tmp_path / "out")
+        assert report["metis"]["library"] == only.path and "pymetis" in report["metis"]["fallback"]
+        printed = io.StringIO()
+        format_report(report, printed)
+        lines = [line for line in printed.getvalue().splitlines() if "internal entry points" in line]
+        assert lines == [f"METIS: {system} lacks METIS 5.1's internal entry points (libmetis__SetupCtrl, ...); "
+                         "using the METIS inside pymetis"]
+    finally:
+        available_libraries.cache_clear()

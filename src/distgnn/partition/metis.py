@@ -87,6 +87,8 @@ class MetisLibrary:
     tunable: bool = False
     """Whether its k-way driver can be run step by step with our coarsening target: its
     internal entry points are exported and its ctrl_t has METIS 5.1's layout."""
+    fallback: str = ""
+    """Why a preferred library was passed over for this one (the report prints it)."""
 
     @property
     def dtype(self) -> type[np.signedinteger]:
@@ -100,7 +102,10 @@ class MetisLibrary:
         return ctypes.c_int32 if self.idx_bits == 32 else ctypes.c_int64
 
     def to_json(self) -> dict:
-        return {"library": self.path, "idx_bits": self.idx_bits, "stepwise": self.tunable}
+        out = {"library": self.path, "idx_bits": self.idx_bits, "stepwise": self.tunable}
+        if self.fallback:
+            out["fallback"] = self.fallback
+        return out
 
 
 def _open(path: str) -> MetisLibrary:
@@ -197,16 +202,25 @@ def available_libraries() -> tuple[MetisLibrary, ...]:
             return (_open(forced),)
         except OSError as err:
             raise InputError(f"{LIBRARY_ENV}={forced}: cannot load METIS: {err}") from None
-    found = []
+    found, fallback = [], ""
     system = ctypes.util.find_library("metis")
     if system is not None:
         try:
-            found.append(_open(system))
+            lib = _open(system)
         except (OSError, AttributeError):  # not a METIS 5 build: use the bundled one
-            pass
+            fallback = f"{system} is not a METIS 5 library; using the METIS inside pymetis"
+        else:
+            if lib.tunable:
+                found.append(lib)
+            else:
+                # Without the internals our coarsening target cannot be set, and the cut
+                # would depend on which build a host happens to have: take pymetis's, as
+                # every host has it.
+                fallback = (f"{system} lacks METIS 5.1's internal entry points (libmetis__SetupCtrl, ...); "
+                            "using the METIS inside pymetis")
     import pymetis._internal as internal  # the extension module links METIS in
 
-    found.append(_open(internal.__file__))
+    found.append(replace(_open(internal.__file__), fallback=fallback))
     return tuple(sorted(found, key=lambda lib: lib.idx_bits))
 
 

@@ -191,6 +191,8 @@ def format_report(report: dict, stream: TextIO = sys.stdout) -> None:
     metis = report.get("metis") or {}
     if metis:
         tries = metis.get("initial_tries")
+        if metis.get("fallback"):
+            print(f"METIS: {metis['fallback']}", file=stream)
         print(f"METIS: {metis['library']} ({metis['idx_bits']}-bit ids), coarsening to {metis['coarsen_to']} nodes, "
               f"{'its own number of' if tries is None else tries} initial partitioning{'' if tries == 1 else 's'}",
               file=stream)
