@@ -206,3 +206,32 @@ def test_help_prints_and_exits_0_without_a_train_command(argv, capsys):
     assert ended.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: launch") and "--hang-timeout" in out
+
+
+@pytest.mark.parametrize("module", ["distgnn.partition.cli", "distgnn.trainer.cli", "distgnn.launcher.cli",
+                                    "distgnn.report"])
+def test_help_shows_every_default_and_the_fixed_choices(module):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    text = " ".join(done.stdout.split())
+    if module == "distgnn.trainer.cli":
+        for shown in ("--optimizer {adamw,adam}", "--precision {fp32,bf16,fp16}", "--backend {auto,gloo,nccl}",
+                      "(default: 1000)", "(default: 0.003)", "(default: node-classification)"):
+            assert shown in text, shown
+        assert "optimisation:" in done.stdout and "task and model:" in done.stdout
+    if module == "distgnn.partition.cli":
+        assert "--method {metis,random}" in text and "--seed SEED seed for METIS or the random assignment (default 0)" in text
+
+
+def test_a_bad_choice_is_one_line_and_exit_2():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "distgnn.partition.cli", "--graph", "x", "--num-parts", "2",
+                           "--out", "o", "--method", "spectral"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "partition: error: argument --method: invalid choice: 'spectral' (choose from 'metis', 'random')"]

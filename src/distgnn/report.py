@@ -12,6 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from distgnn.atomic import atomic_write
+from distgnn.cliutil import Parser
 from distgnn.errors import InputError
 from distgnn.runlog import RankLog, read_run
 
@@ -193,7 +194,7 @@ def _save(fig: object, out: Path) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__)
+    parser = Parser(prog=PROG, description=__doc__)
     parser.add_argument("run_dir", metavar="RUN_DIR", help="run folder (reads RUN_DIR/logs/rank-*.jsonl)")
     parser.add_argument("--out", metavar="PNG", help="where to write the plot (default RUN_DIR/report.png)")
     return parser

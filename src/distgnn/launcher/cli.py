@@ -9,6 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from distgnn.cliutil import Parser
 from distgnn.errors import InputError
 from distgnn.launcher.config import LaunchConfig, parse_env_pairs
 from distgnn.metrics import parse_metrics_port
@@ -18,7 +19,7 @@ PROG = "launch"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog=PROG,
         usage="%(prog)s --hosts FILE --shards DIR [options] -- train [ARGS...]",
         description="Start graph servers and torchrun trainer groups on every host of an ip_config "

@@ -7,20 +7,23 @@ import os
 import sys
 from pathlib import Path
 
+from distgnn.cliutil import Parser
 from distgnn.errors import InputError
 
 PROG = "partition"
+METHODS = ("metis", "random")
+"""Checked again by PartitionConfig (the same tuple): the parser's choices keep --help honest."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=PROG,
         description="Partition a graph into Parquet shards (one per machine) with METIS.",
     )
     parser.add_argument("--graph", required=True, help="graph source: a Parquet graph folder, an edge list, a .dgl file or synthetic:...")
     parser.add_argument("--num-parts", type=int, required=True, help="number of parts (one per machine)")
     parser.add_argument("--out", type=Path, required=True, help="partition folder to create")
-    parser.add_argument("--method", default="metis", help="metis (default) or random")
+    parser.add_argument("--method", default="metis", choices=METHODS, help="metis (default) or random")
     parser.add_argument("--seed", type=int, default=0, help="seed for METIS or the random assignment (default 0)")
     parser.add_argument("--metis-niter", type=int, default=1, help="METIS refinement iterations per level (default 1, as DGL)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out once the new one is complete")
@@ -79,9 +82,9 @@ def dry_run(config) -> None:
 def main(argv: list[str] | None = None) -> int:
     import shlex
 
-    args = build_parser().parse_args(argv)
     command = shlex.join([PROG, *(sys.argv[1:] if argv is None else argv)])
     try:
+        args = build_parser().parse_args(argv)
         config = config_from_args(args, command)
         if config.dry_run:
             from distgnn.partition.run import check_output

@@ -25,7 +25,7 @@ from distgnn.partition.metis import (
 )
 from distgnn.partition.report import PhaseMeter, part_balances
 
-METHODS = ("metis", "random")
+from distgnn.partition.cli import METHODS  # noqa: E402 - the command line's choices are the config's
 LARGE_EDGES = 1_000_000
 """Inputs with at least this many edges get a progress line per phase on stderr."""
 SPILL_BYTES = 256 * 2**20

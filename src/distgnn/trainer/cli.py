@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     from distgnn.trainer.config import config_from_args
 
     try:
-        cfg = config_from_args(argv, raising=True)  # usage errors too: one line, exit 2
+        cfg = config_from_args(argv)  # usage errors too: one line, exit 2
     except InputError as err:
         _error(err)
         return 2

@@ -6,6 +6,7 @@ import argparse
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from distgnn.cliutil import Parser
 from distgnn.errors import InputError
 from distgnn.metrics import parse_metrics_port
 from distgnn.ports import DEFAULT_METRICS_PORT
@@ -196,73 +197,83 @@ class TrainConfig:
         return out
 
 
-class _RaisingParser(argparse.ArgumentParser):
-    """argparse that raises InputError (one line) instead of printing usage and exiting:
-    `launch` checks a train command with it before anything starts."""
-
-    def error(self, message: str):
-        raise InputError(message)
-
-
-def build_parser(raising: bool = False) -> argparse.ArgumentParser:
-    p = (_RaisingParser if raising else argparse.ArgumentParser)(
+def build_parser() -> argparse.ArgumentParser:
+    """The train command line. Usage errors are one-line InputErrors (`train` exits 2 with
+    them; `launch` checks a train command with this parser before anything starts)."""
+    p = Parser(
         prog="train",
-        description="Distributed GraphSAGE trainer; run one per device under torchrun (`launch` does this for you).",
+        description="Distributed GNN trainer; run one per device under torchrun (`launch` does this for you).",
     )
-    p.add_argument("--shards", required=True, type=Path, help="shard folder written by `partition`")
-    p.add_argument("--ip-config", required=True, type=Path, help="DGL ip_config.txt of the graph servers")
-    p.add_argument("--servers-per-host", type=int, default=1)
-    p.add_argument("--samplers", "--num-samplers", dest="samplers", type=int, default=0,
-                   help="DGL sampler processes per trainer (0: sample in the trainer, on a prefetch thread)")
-    p.add_argument("--fanouts", default="10,25", help="neighbours sampled per layer, input layer first, e.g. 10,25")
-    p.add_argument("--eval-fanouts", default=None, help="fanouts for validation/test (default: --fanouts)")
-    p.add_argument("--batch-size", type=int, default=1000)
-    p.add_argument("--feature-cache-mb", type=int, default=DEFAULT_FEATURE_CACHE_MB,
-                   help="MiB per trainer for the features of the remote nodes sampled most, pulled once at "
-                        f"start-up (default {DEFAULT_FEATURE_CACHE_MB}; 0: off; includes 4 bytes a node of the graph)")
-    p.add_argument("--prefetch", type=int, default=0,
-                   help="batches prepared ahead on a background thread (0: off); helps on hosts with spare cores")
-    p.add_argument("--task", default="node-classification", choices=TASKS,
-                   help="node-classification (default), node-regression (a float 'target' column) or "
-                        "link-prediction (shards from partition --link-split)")
-    p.add_argument("--negatives", type=int, default=4,
-                   help="link prediction: uniform negatives per positive edge in training (default 4)")
-    p.add_argument("--scorer", default="dot", choices=SCORERS,
-                   help="link prediction: score a pair by the dot product of its embeddings, or an MLP (default dot)")
-    p.add_argument("--node-embedding", type=int, default=0, metavar="DIM",
-                   help="learn DIM values per node (DGL DistEmbedding), beside the features or, on a graph "
-                        "without them, instead (default 0: none)")
-    p.add_argument("--sparse-optimizer", default="adam", choices=SPARSE_OPTIMIZERS,
-                   help="DGL's distributed sparse optimizer for --node-embedding (default adam)")
-    p.add_argument("--sparse-lr", type=float, default=0.01, help="learning rate of the node embeddings (default 0.01)")
-    p.add_argument("--model", default="sage",
-                   help=f"{', '.join(BUILTIN_MODELS)}, or package.module:factory for your own (docs/custom-models.md); "
-                        "default sage")
-    p.add_argument("--heads", type=int, default=4, help="attention heads per GAT layer (default 4)")
-    p.add_argument("--hidden", type=int, default=256)
-    p.add_argument("--dropout", type=float, default=0.5)
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--lr", type=float, default=0.003)
-    p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--optimizer", default="adamw", help="adamw (decoupled weight decay) or adam (L2 weight decay)")
-    p.add_argument("--feature-norm", default="none", help="row: L1-normalise input feature rows; none")
-    p.add_argument("--warmup-epochs", type=int, default=1)
-    p.add_argument("--min-lr-ratio", type=float, default=0.05, help="cosine decay ends at this fraction of --lr (1: constant)")
-    p.add_argument("--clip-norm", type=float, default=1.0, help="gradient-norm clipping (0: off)")
-    p.add_argument("--eval-every", type=int, default=1, help="evaluate on val/test every K epochs")
-    p.add_argument("--patience", type=int, default=0, help="early stopping: evaluations without val improvement")
-    p.add_argument("--precision", default="fp32", help="fp32, bf16 or fp16 (fp16 needs a GPU)")
-    p.add_argument("--backend", default="auto", help="torch.distributed backend: auto (gloo on CPU, nccl on GPU), gloo, nccl")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint-dir", type=Path, default=None)
-    p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
-    p.add_argument("--predict-out", type=Path, default=None, help="write per-node predictions and embeddings (Parquet)")
-    p.add_argument("--predict-only", action="store_true", help="no training: inference from the latest checkpoint")
-    p.add_argument("--run-dir", type=Path, default=None, help="folder for the JSON-lines run log")
-    p.add_argument("--log-every", type=int, default=20)
-    p.add_argument("--metrics-port", default=str(DEFAULT_METRICS_PORT), help="base /metrics port, 0 disables, 'auto'")
-    p.add_argument("--metrics-addr", default="0.0.0.0")
-    p.add_argument("--job-id", default="distgnn")
+    data = p.add_argument_group("graph and cluster")
+    data.add_argument("--shards", required=True, type=Path, help="shard folder written by `partition`")
+    data.add_argument("--ip-config", required=True, type=Path, help="DGL ip_config.txt of the graph servers")
+    data.add_argument("--servers-per-host", type=int, default=1, help="graph servers per host")
+    data.add_argument("--samplers", "--num-samplers", dest="samplers", type=int, default=0,
+                      help="DGL sampler processes per trainer (0: sample in the trainer, on a prefetch thread)")
+
+    task = p.add_argument_group("task and model")
+    task.add_argument("--task", default="node-classification", choices=TASKS,
+                      help="node-classification, node-regression (a float 'target' column) or "
+                           "link-prediction (shards from partition --link-split)")
+    task.add_argument("--model", default="sage",
+                      help=f"{', '.join(BUILTIN_MODELS)}, or package.module:factory for your own "
+                           "(docs/custom-models.md)")
+    task.add_argument("--heads", type=int, default=4, help="attention heads per GAT layer")
+    task.add_argument("--hidden", type=int, default=256, help="width of every hidden layer (GAT: all heads)")
+    task.add_argument("--dropout", type=float, default=0.5, help="dropout between layers")
+    task.add_argument("--feature-norm", default="none", choices=FEATURE_NORMS,
+                      help="row: L1-normalise input feature rows (bag-of-words features)")
+    task.add_argument("--negatives", type=int, default=4,
+                      help="link prediction: uniform negatives per positive edge in training")
+    task.add_argument("--scorer", default="dot", choices=SCORERS,
+                      help="link prediction: score a pair by the dot product of its embeddings, or an MLP")
+    task.add_argument("--node-embedding", type=int, default=0, metavar="DIM",
+                      help="learn DIM values per node (DGL DistEmbedding), beside the features or, on a graph "
+                           "without them, instead (0: none)")
+    task.add_argument("--sparse-optimizer", default="adam", choices=SPARSE_OPTIMIZERS,
+                      help="DGL's distributed sparse optimizer for --node-embedding")
+    task.add_argument("--sparse-lr", type=float, default=0.01, help="learning rate of the node embeddings")
+
+    sampling = p.add_argument_group("sampling and feature fetch")
+    sampling.add_argument("--fanouts", default="10,25",
+                          help="neighbours sampled per layer, input layer first (-1: all)")
+    sampling.add_argument("--batch-size", type=int, default=1000, help="seed nodes (or edges) per batch and trainer")
+    sampling.add_argument("--feature-cache-mb", type=int, default=DEFAULT_FEATURE_CACHE_MB,
+                          help="MiB per trainer for the features of the remote nodes sampled most, pulled once at "
+                               "start-up (0: off; includes 4 bytes a node of the graph)")
+    sampling.add_argument("--prefetch", type=int, default=0,
+                          help="batches prepared ahead on a background thread (0: off); helps on hosts with spare cores")
+
+    opt = p.add_argument_group("optimisation")
+    opt.add_argument("--epochs", type=int, default=20, help="passes over the training seeds")
+    opt.add_argument("--lr", type=float, default=0.003, help="peak learning rate")
+    opt.add_argument("--optimizer", default="adamw", choices=OPTIMIZERS,
+                     help="adamw (decoupled weight decay) or adam (L2 weight decay)")
+    opt.add_argument("--weight-decay", type=float, default=5e-4, help="weight decay")
+    opt.add_argument("--warmup-epochs", type=int, default=1, help="linear warm-up before the cosine decay")
+    opt.add_argument("--min-lr-ratio", type=float, default=0.05, help="cosine decay ends at this fraction of --lr (1: constant)")
+    opt.add_argument("--clip-norm", type=float, default=1.0, help="gradient-norm clipping (0: off)")
+    opt.add_argument("--precision", default="fp32", choices=PRECISIONS, help="autocast type (fp16 needs a GPU)")
+    opt.add_argument("--backend", default="auto", choices=BACKENDS,
+                     help="torch.distributed backend: auto (gloo on CPU, nccl on GPU), gloo, nccl")
+    opt.add_argument("--seed", type=int, default=0, help="same seed, same initial weights and batches")
+
+    ev = p.add_argument_group("evaluation, checkpoints and outputs")
+    ev.add_argument("--eval-every", type=int, default=1, help="evaluate on val/test every K epochs")
+    ev.add_argument("--eval-fanouts", default=None, help="fanouts for validation/test (default: --fanouts)")
+    ev.add_argument("--patience", type=int, default=0,
+                    help="early stopping: evaluations without a better validation metric (0: never)")
+    ev.add_argument("--checkpoint-dir", type=Path, default=None, help="write a checkpoint after every epoch here")
+    ev.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
+    ev.add_argument("--predict-out", type=Path, default=None, help="write per-node predictions and embeddings (Parquet)")
+    ev.add_argument("--predict-only", action="store_true", help="no training: inference from the latest checkpoint")
+
+    mon = p.add_argument_group("logs and metrics")
+    mon.add_argument("--run-dir", type=Path, default=None, help="folder for the JSON-lines run log")
+    mon.add_argument("--log-every", type=int, default=20, help="a step line every N steps")
+    mon.add_argument("--metrics-port", default=str(DEFAULT_METRICS_PORT), help="base /metrics port, 0 disables, 'auto'")
+    mon.add_argument("--metrics-addr", default="0.0.0.0", help="address of the /metrics endpoint")
+    mon.add_argument("--job-id", default="distgnn", help="the job label of every metric")
     return p
 
 
@@ -270,7 +281,7 @@ def check_train_args(argv: list[str], *, on_gpu: bool, python_path: str | None =
     """The train command as `launch` will run it, checked with the trainer's own parser and
     config: every bad option is an InputError before any process starts. A custom --model is
     imported here too, with the PYTHONPATH the trainers will get."""
-    cfg = config_from_args(argv, raising=True)
+    cfg = config_from_args(argv)
     if cfg.model not in BUILTIN_MODELS:
         from distgnn.trainer.custom import load_factory
 
@@ -280,9 +291,9 @@ def check_train_args(argv: list[str], *, on_gpu: bool, python_path: str | None =
     return cfg
 
 
-def config_from_args(argv: list[str] | None = None, raising: bool = False) -> TrainConfig:
+def config_from_args(argv: list[str] | None = None) -> TrainConfig:
     """The only place that turns command-line arguments into a TrainConfig."""
-    ns = build_parser(raising).parse_args(argv)
+    ns = build_parser().parse_args(argv)
     return TrainConfig(
         shards=ns.shards,
         ip_config=ns.ip_config,
