@@ -90,8 +90,8 @@ def check_train_command(ns: argparse.Namespace, train_args: list[str]) -> None:
     given = [*train_args]
     # what the launcher itself adds to every trainer's command (plan._trainer_group)
     placed = ["--shards", str(ns.shards), "--ip-config", str(ns.hosts)]
+    python_path = parse_env_pairs(ns.env).get("PYTHONPATH")  # where the trainers import --model from
     try:
-        python_path = parse_env_pairs(ns.env).get("PYTHONPATH")
         train = check_train_args([*placed, *given], on_gpu=ns.gpus_per_host > 0, python_path=python_path)
     except InputError as err:
         raise InputError(f"train options: {err}") from None
