@@ -153,8 +153,9 @@ class TrainerMetrics(_Served):
         )
         self._accuracy = {s: _LazyChild(accuracy, {**self.labels, "split": s}) for s in SPLITS}
         self._score = Gauge(
-            "distgnn_trainer_eval_score", "A task's evaluation metric on a split after the last evaluated epoch "
-            "(link prediction: auc, mrr, hits@10, hits@50).", names + ("split", "metric"), registry=reg,
+            "distgnn_trainer_eval_score", "A task's evaluation metrics on a split after the last evaluated epoch "
+            "(accuracy; link prediction: auc, mrr, hits@10, hits@50; regression: mse, mae, r2).",
+            names + ("split", "metric"), registry=reg,
         )
         self._gpu = self._gauge("distgnn_trainer_gpu_memory_bytes", "GPU memory allocated by tensors of this rank (CUDA only).")
         self._info = Info("distgnn_trainer", "Versions and training configuration of this trainer.", names, registry=reg)

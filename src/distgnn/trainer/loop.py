@@ -374,8 +374,10 @@ class Trainer:
             self.metrics.epoch_end(epoch=epoch, seconds=stats["seconds"], accuracies={} if scores else {
                 k.removesuffix("_acc"): v for k, v in stats.items() if k.endswith("_acc")
             })
-            if scores:
-                self.metrics.eval_scores(scores)
+            # every task's scores under one metric name, so one panel follows any task
+            evaluated = scores or {k.removesuffix("_acc"): {"accuracy": v} for k, v in stats.items() if k.endswith("_acc")}
+            if evaluated:
+                self.metrics.eval_scores(evaluated)
             if self.cluster.device.type == "cuda":
                 self.metrics.gpu_memory(torch.cuda.max_memory_allocated(self.cluster.device))
             self.log.epoch(**record)
