@@ -10,10 +10,9 @@ from distgnn.cliutil import Parser
 from distgnn.errors import InputError
 from distgnn.metrics import parse_metrics_port
 from distgnn.ports import DEFAULT_METRICS_PORT
-from distgnn.trainer.custom import split_spec
 from distgnn.trainer.inputs import SPARSE_OPTIMIZERS
 from distgnn.trainer.linkpred import SCORERS
-from distgnn.trainer.model import BUILTIN_MODELS, FEATURE_NORMS
+from distgnn.trainer.model import BUILTIN_MODELS, FEATURE_NORMS, check_architecture
 from distgnn.trainer.step import OPTIMIZERS
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -143,9 +142,6 @@ class TrainConfig:
             raise InputError(f"--optimizer {self.optimizer!r}: expected one of {', '.join(OPTIMIZERS)}")
         if self.feature_norm not in FEATURE_NORMS:
             raise InputError(f"--feature-norm {self.feature_norm!r}: expected one of {', '.join(FEATURE_NORMS)}")
-        if self.model not in BUILTIN_MODELS and not all(split_spec(self.model)):
-            raise InputError(f"--model {self.model!r}: expected one of {', '.join(BUILTIN_MODELS)} "
-                             "or package.module:factory")
         if self.task not in TASKS:
             raise InputError(f"--task {self.task!r}: expected one of {', '.join(TASKS)}")
         if self.negatives < 1:
@@ -165,11 +161,7 @@ class TrainConfig:
         if self.node_embedding and self.precision == "fp16":
             raise InputError("--precision fp16: the sparse optimizer of --node-embedding does not unscale "
                              "fp16 gradients; use bf16 or fp32")
-        if self.heads < 1:
-            raise InputError(f"--heads {self.heads}: must be at least 1")
-        if self.model == "gat" and self.hidden % self.heads:
-            raise InputError(f"--hidden {self.hidden}: must be a multiple of --heads {self.heads} "
-                             "(GAT's hidden layers join the heads' outputs)")
+        check_architecture(self.model, self.hidden, self.heads)
         if self.precision not in PRECISIONS:
             raise InputError(f"--precision {self.precision!r}: expected one of {', '.join(PRECISIONS)}")
         if self.backend not in BACKENDS:

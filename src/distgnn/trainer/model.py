@@ -320,6 +320,20 @@ BUILTIN_MODELS = ("sage", "gcn", "gat")
 """`--model` names of the built-in stacks; anything else is `package.module:factory` (`custom`)."""
 
 
+def check_architecture(model: str, hidden: int, heads: int) -> None:
+    """--model, --hidden and --heads together: the trainer's config checks them before anything
+    starts, ModelConfig whenever a model is built."""
+    from distgnn.trainer.custom import split_spec
+
+    if model not in BUILTIN_MODELS and not all(split_spec(model)):
+        raise InputError(f"--model {model!r}: expected one of {', '.join(BUILTIN_MODELS)} or package.module:factory")
+    if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1:
+        raise InputError(f"--heads {heads!r}: must be at least 1")
+    if model == "gat" and hidden % heads:
+        raise InputError(f"--hidden {hidden}: must be a multiple of --heads {heads} "
+                         "(GAT's hidden layers join the heads' outputs)")
+
+
 @dataclass(frozen=True, kw_only=True)
 class ModelConfig:
     """Shape of a model; what a checkpoint must agree with to be resumed. A custom model's
@@ -351,14 +365,7 @@ class ModelConfig:
             raise InputError(f"model: dropout must be in [0, 1), got {self.dropout!r}")
         if self.feature_norm not in FEATURE_NORMS:
             raise InputError(f"--feature-norm {self.feature_norm!r}: expected one of {', '.join(FEATURE_NORMS)}")
-        if self.model not in BUILTIN_MODELS and ":" not in self.model:
-            raise InputError(f"--model {self.model!r}: expected one of {', '.join(BUILTIN_MODELS)} "
-                             "or package.module:factory")
-        if isinstance(self.heads, bool) or not isinstance(self.heads, int) or self.heads < 1:
-            raise InputError(f"--heads {self.heads!r}: must be at least 1")
-        if self.model == "gat" and self.hidden % self.heads:
-            raise InputError(f"--hidden {self.hidden}: must be a multiple of --heads {self.heads} "
-                             "(GAT's hidden layers join the heads' outputs)")
+        check_architecture(self.model, self.hidden, self.heads)
 
     def layer_dims(self) -> list[tuple[int, int]]:
         widths = [self.in_dim] + [self.hidden] * (self.num_layers - 1) + [self.num_classes]
