@@ -8,6 +8,10 @@ command -v sshd >/dev/null || [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v ssh >/dev/null      || need+=(openssh-client)
 command -v nsenter >/dev/null  || need+=(util-linux)
 command -v prometheus >/dev/null || need+=(prometheus)
+# Slurm's daemons and client commands: the `launch --hosts slurm` tests run a real cluster
+[ -x /usr/sbin/slurmctld ] || need+=(slurmctld)
+[ -x /usr/sbin/slurmd ]    || need+=(slurmd)
+command -v srun >/dev/null || need+=(slurm-client)
 # grep reads the whole listing (no -q): an early exit would fail the pipe under pipefail
 has_lib() { /sbin/ldconfig -p 2>/dev/null | grep "$1 " >/dev/null; }
 # tcmalloc: launch preloads it into servers and trainers (--allocator)

@@ -90,6 +90,8 @@ class EmulatedHosts:
         self._sshds: list[subprocess.Popen] = []
         self._started: list[subprocess.Popen] = []
         self._owns_prefix = False
+        self.gateway = ""
+        """This machine's address on the hosts' bridge (where a controller they reach listens)."""
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -118,6 +120,7 @@ class EmulatedHosts:
             raise EmulationError(f"emulation prefix {self.prefix!r} is in use ({self.state_dir} exists)") from None
         self._owns_prefix = True
         subnet = self._claim_subnet()
+        self.gateway = str(subnet.network_address + 1)
         for i in range(self.n):
             host = EmulatedHost(f"host{i}", str(subnet.network_address + 11 + i), f"{self.prefix}h{i}")
             self.hosts.append(host)

@@ -36,6 +36,12 @@ class HostEntry:
     """Port of the host's first graph server (server k listens on port + k)."""
     line: int = 0
     """1-based line number in the source file, 0 when not read from a file."""
+    node: str | None = None
+    """Slurm's node name when the host came from an allocation instead of a file."""
+
+    def where(self, source: str) -> str:
+        """Where the host was named, for messages: `FILE line N` or `Slurm node NAME`."""
+        return f"Slurm node {self.node}" if self.node else f"{source} line {self.line}"
 
 
 def parse_ip_config(path: str | Path) -> list[HostEntry]:
@@ -159,8 +165,9 @@ def _resolve(entry: HostEntry, source: str) -> HostEntry:
     try:
         infos = socket.getaddrinfo(entry.address, None, socket.AF_INET, socket.SOCK_STREAM)
     except socket.gaierror as exc:
-        raise InputError(f"{source}:{entry.line}: cannot resolve host {entry.address!r} ({exc.strerror})") from None
-    return HostEntry(str(infos[0][4][0]), entry.port, entry.line)
+        where = f"Slurm node {entry.node}" if entry.node else f"{source}:{entry.line}"
+        raise InputError(f"{where}: cannot resolve host {entry.address!r} ({exc.strerror})") from None
+    return HostEntry(str(infos[0][4][0]), entry.port, entry.line, entry.node)
 
 
 def local_addresses() -> set[str]:

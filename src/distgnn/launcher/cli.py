@@ -1,17 +1,22 @@
 """`launch`: start graph servers and trainers on every host of an ip_config, supervise them.
 
     launch --hosts ip_config.txt --shards DIR [options] -- train [train arguments...]
+    launch --hosts slurm --shards DIR [options] -- train [...]    (inside salloc or sbatch)
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
+from typing import Mapping
 
 from distgnn.cliutil import Parser
 from distgnn.errors import InputError
+from distgnn.launcher import slurm
 from distgnn.launcher.config import LaunchConfig, parse_env_pairs
+from distgnn.launcher.slurm import SlurmNode
 from distgnn.metrics import parse_metrics_port
 from distgnn.ports import DEFAULT_MASTER_PORT, DEFAULT_METRICS_PORT
 
@@ -21,47 +26,57 @@ PROG = "launch"
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(
         prog=PROG,
-        usage="%(prog)s --hosts FILE --shards DIR [options] -- train [ARGS...]",
-        description="Start graph servers and torchrun trainer groups on every host of an ip_config "
-        "(this machine directly, others over ssh) and supervise them until they finish.",
+        usage="%(prog)s --hosts FILE|slurm --shards DIR [options] -- train [ARGS...]",
+        description="Start graph servers and torchrun trainer groups on every host of an ip_config or "
+        "a Slurm allocation (this machine directly, others over ssh or srun) and supervise them until they finish.",
     )
-    p.add_argument("--hosts", required=True, type=Path, help="ip_config file: one 'address [port]' per host")
-    p.add_argument("--shards", required=True, type=Path, help="shard folder from `partition`, one part per host")
-    p.add_argument("--stage-shards", action="store_true", help="copy each host's own part into its run folder")
-    per_host = p.add_mutually_exclusive_group()
-    per_host.add_argument("--trainers-per-host", type=int, default=1, help="CPU trainers per host (default 1)")
-    per_host.add_argument("--gpus-per-host", type=int, default=0, help="one trainer per GPU, N GPUs per host")
-    p.add_argument("--servers-per-host", type=int, default=1, help="graph servers per host (default 1)")
-    p.add_argument("--samplers", type=int, default=0, help="sampler processes per trainer (default 0)")
-    p.add_argument("--master-port", type=int, default=None,
-                   help="rendezvous port on the first host (default: a free port when the first host is this "
-                        f"machine, so two jobs started together do not collide; {DEFAULT_MASTER_PORT} on a remote one)")
-    p.add_argument("--metrics-port", default=str(DEFAULT_METRICS_PORT),
-                   help="base /metrics port (default %(default)s), 0 disables, 'auto' takes the next free ones")
-    p.add_argument("--metrics-addr", default="0.0.0.0", help="address of the launcher's own /metrics")
-    p.add_argument("--metrics-linger", type=float, default=15.0, metavar="SECONDS",
-                   help="keep the launcher's /metrics up this long after the run (default 15, one scrape)")
-    p.add_argument("--dgl-max-try-times", type=int, default=30, help="trainer connection tries, 3 s apart")
-    p.add_argument("--omp-threads", type=int, default=0, help="OMP_NUM_THREADS (default: cores / processes)")
-    p.add_argument("--allocator", choices=["tcmalloc", "system"], default="tcmalloc",
-                   help="memory allocator of servers and trainers (default tcmalloc: libtcmalloc-minimal4 "
-                        "on every host; 'system' keeps glibc malloc)")
-    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="extra environment, repeatable")
-    p.add_argument("--ssh-user", help="login name on remote hosts")
-    p.add_argument("--ssh-port", type=int, help="sshd port of remote hosts")
-    p.add_argument("--ssh-option", action="append", default=[], metavar="OPT",
-                   help="extra ssh argument, repeatable (e.g. --ssh-option=-i --ssh-option=KEY)")
-    p.add_argument("--connect-timeout", type=int, default=10, help="ssh connect timeout in seconds")
-    p.add_argument("--workspace", type=Path, default=Path.cwd(), help="folder for runs/ and caches (same on all hosts)")
-    p.add_argument("--job-id", help="run name (default: time and a random suffix)")
-    p.add_argument("--python", default=sys.executable, help="Python interpreter on every host")
-    p.add_argument("--dry-run", nargs="?", const="text", choices=["text", "json"], help="print the plan only")
+    where = p.add_argument_group("hosts, shards and the run")
+    where.add_argument("--hosts", metavar="FILE|slurm",
+                       help="ip_config file (one 'address [port]' per host), or 'slurm': the nodes of the Slurm "
+                            "allocation launch runs in, started with srun (the default inside one)")
+    where.add_argument("--shards", required=True, type=Path, help="shard folder from `partition`, one part per host")
+    where.add_argument("--stage-shards", action="store_true", help="copy each host's own part into its run folder")
+    where.add_argument("--workspace", type=Path, default=Path.cwd(),
+                       help="folder for runs/ and caches (the same path on every host)")
+    where.add_argument("--job-id", help="run name (default: time and a random suffix)")
+    where.add_argument("--python", default=sys.executable, help="Python interpreter on every host")
+    where.add_argument("--dry-run", nargs="?", const="text", choices=["text", "json"], help="print the plan only")
+    procs = p.add_argument_group("processes on every host")
+    per_host = procs.add_mutually_exclusive_group()
+    per_host.add_argument("--trainers-per-host", type=int, default=None, help="CPU trainers per host (default 1)")
+    per_host.add_argument("--gpus-per-host", type=int, default=None,
+                          help="one trainer per GPU, N GPUs per host (default 0: CPU; under Slurm, the GPUs "
+                               "the job holds on each node)")
+    procs.add_argument("--servers-per-host", type=int, default=1, help="graph servers per host (default 1)")
+    procs.add_argument("--samplers", type=int, default=0, help="sampler processes per trainer (default 0)")
+    procs.add_argument("--omp-threads", type=int, default=0, help="OMP_NUM_THREADS (default: cores / processes)")
+    procs.add_argument("--allocator", choices=["tcmalloc", "system"], default="tcmalloc",
+                       help="memory allocator of servers and trainers (default tcmalloc: libtcmalloc-minimal4 "
+                            "on every host; 'system' keeps glibc malloc)")
+    procs.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="extra environment, repeatable")
+    procs.add_argument("--dgl-max-try-times", type=int, default=30, help="trainer connection tries, 3 s apart")
+    procs.add_argument("--hang-timeout", type=float, default=300.0, metavar="S",
+                       help="end the job when a process sends no heartbeat, or a trainer trains or evaluates no "
+                            "batch, for S seconds (default 300; 0: off)")
+    net = p.add_argument_group("ports and metrics")
+    net.add_argument("--master-port", type=int, default=None,
+                     help="rendezvous port on the first host (default: a free port when the first host is this "
+                          "machine, so two jobs started together do not collide; "
+                          f"{DEFAULT_MASTER_PORT} on a remote one)")
+    net.add_argument("--metrics-port", default=str(DEFAULT_METRICS_PORT),
+                     help="base /metrics port (default %(default)s), 0 disables, 'auto' takes the next free ones")
+    net.add_argument("--metrics-addr", default="0.0.0.0", help="address of the launcher's own /metrics")
+    net.add_argument("--metrics-linger", type=float, default=15.0, metavar="SECONDS",
+                     help="keep the launcher's /metrics up this long after the run (default 15, one scrape)")
+    ssh = p.add_argument_group("remote hosts over ssh (not used under Slurm)")
+    ssh.add_argument("--ssh-user", help="login name on remote hosts")
+    ssh.add_argument("--ssh-port", type=int, help="sshd port of remote hosts")
+    ssh.add_argument("--ssh-option", action="append", default=[], metavar="OPT",
+                     help="extra ssh argument, repeatable (e.g. --ssh-option=-i --ssh-option=KEY)")
+    ssh.add_argument("--connect-timeout", type=int, default=10, help="ssh connect timeout in seconds")
     # For launcher tests: run a tiny worker instead of the real server and trainer, stop faster.
     p.add_argument("--trainer-module", default=None, help=argparse.SUPPRESS)
     p.add_argument("--server-module", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--hang-timeout", type=float, default=300.0, metavar="S",
-                   help="end the job when a process sends no heartbeat, or a trainer trains or evaluates no "
-                        "batch, for S seconds (default 300; 0: off)")
     p.add_argument("--stop-grace", type=float, default=10.0, help=argparse.SUPPRESS)
     p.add_argument("--server-linger", type=float, default=15.0, help=argparse.SUPPRESS)
     return p
@@ -82,17 +97,17 @@ def split_train_command(argv: list[str]) -> tuple[list[str], list[str]]:
     return argv[:split], command[1:]
 
 
-def check_train_command(ns: argparse.Namespace, train_args: list[str]) -> None:
+def check_train_command(ns: argparse.Namespace, train_args: list[str], gpus: int) -> None:
     """Bad train options end the launch here, in a second, with the flag named: found by
     the trainers they would cost a graph server and torchrun start-up first."""
     from distgnn.trainer.config import check_train_args
 
     given = [*train_args]
     # what the launcher itself adds to every trainer's command (plan._trainer_group)
-    placed = ["--shards", str(ns.shards), "--ip-config", str(ns.hosts)]
+    placed = ["--shards", str(ns.shards), "--ip-config", str(ns.hosts or "ip_config.txt")]
     python_path = parse_env_pairs(ns.env).get("PYTHONPATH")  # where the trainers import --model from
     try:
-        train = check_train_args([*placed, *given], on_gpu=ns.gpus_per_host > 0, python_path=python_path)
+        train = check_train_args([*placed, *given], on_gpu=gpus > 0, python_path=python_path)
     except InputError as err:
         raise InputError(f"train options: {err}") from None
     from distgnn.partition import shards
@@ -105,25 +120,52 @@ def check_train_command(ns: argparse.Namespace, train_args: list[str]) -> None:
     check_task_data(ns.shards, manifest, train.task, train.node_embedding)
 
 
-def config_from_args(argv: list[str]) -> LaunchConfig:
+def hosts_from_args(ns: argparse.Namespace, environ: Mapping[str, str]) -> tuple[Path | None, list[SlurmNode] | None]:
+    """--hosts FILE, or the allocation's nodes for `--hosts slurm` (also when --hosts is not
+    given inside an allocation)."""
+    if ns.hosts is not None and ns.hosts != slurm.HOSTS_KEYWORD:
+        return Path(ns.hosts).absolute(), None
+    if ns.hosts is None and not slurm.in_allocation(environ):
+        raise InputError("--hosts: give an ip_config file, or 'slurm' inside a Slurm allocation")
+    return None, slurm.allocation_nodes(environ)
+
+
+def gpus_per_host(ns: argparse.Namespace, nodes: list[SlurmNode] | None) -> int:
+    """--gpus-per-host, or under Slurm the GPUs the job holds per node (the same on each)."""
+    if ns.gpus_per_host is not None or ns.trainers_per_host is not None or nodes is None:
+        return 0 if ns.gpus_per_host is None else ns.gpus_per_host
+    counts = {node.gpus for node in nodes}
+    if len(counts) > 1:
+        held = ", ".join(f"{node.name}: {node.gpus}" for node in nodes)
+        raise InputError(f"--hosts slurm: the job holds different GPU counts on its nodes ({held}); "
+                         "pass --gpus-per-host N to train with N on every node")
+    return counts.pop()
+
+
+def config_from_args(argv: list[str], environ: Mapping[str, str] | None = None) -> LaunchConfig:
+    environ = os.environ if environ is None else environ
     options, train_args = split_train_command(argv)
     ns = build_parser().parse_args(options)
+    hosts_file, nodes = hosts_from_args(ns, environ)
+    gpus = gpus_per_host(ns, nodes)
     extra = {}
     if ns.trainer_module:
         extra["trainer_module"] = ns.trainer_module
     else:
-        check_train_command(ns, train_args)
+        check_train_command(ns, train_args, gpus)
     if ns.server_module:
         extra["server_module"] = ns.server_module
     return LaunchConfig(
-        hosts_file=ns.hosts.absolute(),
+        hosts_file=hosts_file,
+        slurm_nodes=nodes,
+        slurm_job_id=environ.get(slurm.JOB_ENV) if nodes is not None else None,
         shards=ns.shards.absolute(),
         train_args=train_args,
         python=ns.python,
         workspace=ns.workspace.absolute(),
         stage_shards=ns.stage_shards,
-        trainers_per_host=ns.trainers_per_host,
-        gpus_per_host=ns.gpus_per_host,
+        trainers_per_host=1 if ns.trainers_per_host is None else ns.trainers_per_host,
+        gpus_per_host=gpus,
         servers_per_host=ns.servers_per_host,
         samplers=ns.samplers,
         master_port=ns.master_port,

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from distgnn.errors import InputError
+from distgnn.launcher.slurm import SlurmNode
 from distgnn.ports import DEFAULT_MASTER_PORT, DEFAULT_METRICS_PORT
 
 TCMALLOC = "libtcmalloc_minimal.so.4"
@@ -22,8 +23,9 @@ _MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
 class LaunchConfig:
     """One launch: which hosts, how many processes per host, and the train command."""
 
-    hosts_file: Path
-    """ip_config file: one line per host, `address [port]`; host i serves shard part i."""
+    hosts_file: Path | None
+    """ip_config file: one line per host, `address [port]`; host i serves shard part i.
+    None: the hosts are `slurm_nodes`."""
     train_args: list[str]
     """Arguments after `-- train`, passed to every trainer untouched."""
     python: str
@@ -60,6 +62,11 @@ class LaunchConfig:
     """Memory allocator of servers and trainers: 'tcmalloc' preloads TCMALLOC, 'system' keeps glibc's.
     Measured +7-10% seeds/s for our trainer and for DGL's example alike (bench/train.py): a
     step allocates and frees tensors of tens of MB, which glibc maps and unmaps each time."""
+    slurm_nodes: list[SlurmNode] | None = None
+    """The nodes of the Slurm allocation launch runs in (`--hosts slurm`), in Slurm's order;
+    processes on them start with srun."""
+    slurm_job_id: str | None = None
+    """The allocation's job id (srun --jobid)."""
     env: dict[str, str] = field(default_factory=dict)
     """Extra environment for every process; applied last, so it can override the launcher's defaults."""
     ssh_user: str | None = None
@@ -87,6 +94,10 @@ class LaunchConfig:
     """Module run as graph server (replaceable for launcher tests)."""
 
     def __post_init__(self) -> None:
+        if (self.hosts_file is None) == (self.slurm_nodes is None):
+            raise InputError("--hosts: give an ip_config file, or 'slurm' inside a Slurm allocation")
+        if self.slurm_nodes is not None and not self.slurm_job_id:
+            raise InputError("--hosts slurm: the allocation's job id is unknown")
         self._check_counts()
         self._check_ports()
         self._check_names()
@@ -144,6 +155,11 @@ class LaunchConfig:
                 raise InputError(f"{flag} {module!r}: not a Python module name")
         if self.job_id is not None and not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", self.job_id):
             raise InputError(f"--job-id {self.job_id!r}: use letters, digits, '.', '_' and '-' only")
+
+    @property
+    def hosts_source(self) -> str:
+        """What named the hosts, for messages: the ip_config file or the allocation."""
+        return str(self.hosts_file) if self.hosts_file is not None else f"Slurm job {self.slurm_job_id}"
 
     @property
     def trainers(self) -> int:

@@ -100,10 +100,10 @@ def plan_run(
     """Plan one launch. `local` are this machine's addresses; `num_parts` the shard manifest's
     part count (checked against the hosts); `gpu_counts` each host's GPUs, when queried."""
     if not hosts:
-        raise InputError(f"--hosts {cfg.hosts_file}: no host listed")
+        raise InputError(f"--hosts {cfg.hosts_source}: no host listed")
     if num_parts is not None and num_parts != len(hosts):
         raise InputError(
-            f"--shards {cfg.shards}: the manifest has {num_parts} part(s) but --hosts {cfg.hosts_file} "
+            f"--shards {cfg.shards}: the manifest has {num_parts} part(s) but --hosts {cfg.hosts_source} "
             f"lists {len(hosts)} host(s); partition into one part per host"
         )
     if gpu_counts is not None:
@@ -146,7 +146,7 @@ def check_gpus(cfg: LaunchConfig, hosts: list[HostEntry], gpu_counts: list[int])
     for entry, count in zip(hosts, gpu_counts, strict=True):
         if count < cfg.gpus_per_host:
             raise InputError(
-                f"--gpus-per-host {cfg.gpus_per_host}: host {entry.address} ({cfg.hosts_file} line {entry.line}) "
+                f"--gpus-per-host {cfg.gpus_per_host}: host {entry.address} ({entry.where(cfg.hosts_source)}) "
                 f"has {count} GPU(s)"
             )
 
@@ -225,7 +225,9 @@ def _trainer_group(
         *cfg.train_args,
     ]  # fmt: skip
     group_env = dict(env)
-    if cfg.gpus_per_host:
+    # On a Slurm node the step's CUDA_VISIBLE_DEVICES already names the job's GPUs there
+    # (the indices need not start at 0); elsewhere one device per local rank.
+    if cfg.gpus_per_host and entry.node is None:
         # One device per local rank: the trainer picks cuda:LOCAL_RANK among these.
         group_env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in range(cfg.gpus_per_host))
     ports = [cfg.master_port] if index == 0 else []
@@ -273,7 +275,7 @@ def format_plan(plan: RunPlan) -> str:
     if plan.metrics_port:
         lines.append(f"metrics: base port {plan.metrics_port} (the launcher's), targets {file_sd_path(plan.run_dir)}")
     for index, entry in enumerate(plan.hosts):
-        how = "local" if plan.host_is_local(index) else "ssh"
+        how = "local" if plan.host_is_local(index) else ("srun" if entry.node else "ssh")
         lines.append(f"host {index} {entry.address} ({how}), ports {', '.join(map(str, plan.host_ports(index)))}")
         for proc in plan.on_host(index):
             lines.append(f"  {proc.role} {proc.rank}  log {proc.log_path}")

@@ -29,10 +29,10 @@ from distgnn.launcher import rundir
 from distgnn.launcher.config import TCMALLOC, LaunchConfig
 from distgnn.launcher.plan import RunPlan, check_gpus, format_plan, plan_run, plan_to_json
 from distgnn.launcher.monitor import NULL_MONITOR, NullMonitor, RunMonitor, start_monitor
-from distgnn.launcher.runner import LocalRunner, Runner, SshRunner
+from distgnn.launcher.runner import LocalRunner, Runner, SrunRunner, SshRunner
 from distgnn.launcher.supervise import RunResult, Supervisor, format_report
 from distgnn.partition import shards
-from distgnn.ports import DEFAULT_MASTER_PORT
+from distgnn.ports import DEFAULT_MASTER_PORT, DEFAULT_SERVER_PORT
 
 PROBE_TIMEOUT_S = 90.0
 """A probe may import torch (GPU count) on a busy host."""
@@ -40,9 +40,13 @@ STAGE_TIMEOUT_S = 3600.0
 
 
 def load_hosts(cfg: LaunchConfig, local: set[str]) -> list[HostEntry]:
-    """The ip_config's hosts with names resolved; one line per machine."""
-    source = str(cfg.hosts_file)
-    entries = resolve_entries(parse_ip_config(cfg.hosts_file), source)
+    """The ip_config's hosts (or the allocation's nodes) with names resolved; one per machine."""
+    source = cfg.hosts_source
+    if cfg.slurm_nodes is not None:
+        listed = [HostEntry(n.address, DEFAULT_SERVER_PORT, i + 1, n.name) for i, n in enumerate(cfg.slurm_nodes)]
+    else:
+        listed = parse_ip_config(cfg.hosts_file)
+    entries = resolve_entries(listed, source)
     check_server_ports(entries, cfg.servers_per_host, source)
     seen: dict[str, HostEntry] = {}
     for entry in entries:
@@ -50,9 +54,11 @@ def load_hosts(cfg: LaunchConfig, local: set[str]) -> list[HostEntry]:
         # machine id by address: two lines for one machine would silently mix parts.
         key = "this machine" if is_local(entry, local) else entry.address
         if key in seen:
+            first = seen[key]
+            other = f"Slurm node {first.node}" if first.node else f"line {first.line}"
             raise InputError(
-                f"{source}:{entry.line}: host {entry.address} is the same machine as line {seen[key].line} "
-                f"({seen[key].address}); DGL 2.1 serves one part per machine"
+                f"{entry.where(source)}: host {entry.address} is the same machine as {other} "
+                f"({first.address}); DGL 2.1 serves one part per machine"
             )
         seen[key] = entry
     return entries
@@ -91,6 +97,11 @@ def runner_for(cfg: LaunchConfig, plan: RunPlan, index: int) -> Runner:
     entry = plan.hosts[index]
     if plan.host_is_local(index):
         return LocalRunner(host=entry.address)
+    # Shorter than our own grace, so the remote side has used SIGKILL before we drop the link.
+    remote_grace_s = max(1.0, cfg.stop_grace_s - 3.0)
+    if entry.node is not None:
+        return SrunRunner(host=entry.address, python=cfg.python, node=entry.node, job_id=cfg.slurm_job_id,
+                          remote_grace_s=remote_grace_s)
     return SshRunner(
         host=entry.address,
         python=cfg.python,
@@ -98,8 +109,7 @@ def runner_for(cfg: LaunchConfig, plan: RunPlan, index: int) -> Runner:
         port=cfg.ssh_port,
         options=list(cfg.ssh_options),
         connect_timeout_s=cfg.connect_timeout_s,
-        # Shorter than our own grace, so the remote side has used SIGKILL before we drop ssh.
-        remote_grace_s=max(1.0, cfg.stop_grace_s - 3.0),
+        remote_grace_s=remote_grace_s,
     )
 
 
@@ -112,7 +122,7 @@ class HostReport:
 def probe_host(cfg: LaunchConfig, plan: RunPlan, runner: Runner, index: int) -> HostReport:
     """Reach the host the way processes will be started; check its ports (and GPUs)."""
     entry = plan.hosts[index]
-    where = f"host {entry.address} ({cfg.hosts_file} line {entry.line})"
+    where = f"host {entry.address} ({entry.where(cfg.hosts_source)})"
     argv = [cfg.python, "-m", "distgnn.launcher.probe", "--address", entry.address]
     for port in plan.host_ports(index):
         argv += ["--port", str(port)]
@@ -128,6 +138,8 @@ def probe_host(cfg: LaunchConfig, plan: RunPlan, runner: Runner, index: int) -> 
         raise InputError(f"{where}: cannot run {argv[0]}: {exc.strerror}") from None
     if done.returncode == 255 and isinstance(runner, SshRunner):
         raise InputError(f"{where}: {_ssh_problem(done.stderr)}")
+    if done.returncode != 0 and isinstance(runner, SrunRunner) and "srun: error" in done.stderr:
+        raise InputError(f"{where}: srun could not start a step there: {_last(done.stderr)}")
     if done.returncode != 0:
         raise InputError(f"{where}: host check failed (exit {done.returncode}): {_last(done.stderr)}")
     try:
@@ -172,7 +184,7 @@ def preflight(cfg: LaunchConfig, plan: RunPlan, runners: list[Runner]) -> list[i
             if index == 0 and port == plan.master_port:
                 use = "trainer rendezvous, --master-port"
             raise InputError(
-                f"host {plan.hosts[index].address} ({cfg.hosts_file} line {plan.hosts[index].line}): "
+                f"host {plan.hosts[index].address} ({plan.hosts[index].where(cfg.hosts_source)}): "
                 f"port {port} ({use}) is already in use"
             )
     return [r.gpus or 0 for r in reports] if cfg.gpus_per_host else None

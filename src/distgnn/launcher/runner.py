@@ -1,10 +1,11 @@
-"""Start processes of a plan on their hosts: directly on this machine, through OpenSSH elsewhere.
+"""Start processes of a plan on their hosts: directly on this machine; elsewhere through
+OpenSSH, or through Slurm's srun inside an allocation.
 
 Every started process lives in its own process group (session), so stopping it stops
 its children too (torchrun's workers, DGL's sampler processes). Remote processes run
-under `distgnn.launcher.remote_exec`, which stops the remote group when the ssh
-connection's stdin closes: that is how a remote process is stopped, and why nothing is
-left behind when the launcher itself dies.
+under `distgnn.launcher.remote_exec`, which stops the remote group when its stdin (the
+ssh connection's, or the srun step's) closes: that is how a remote process is stopped,
+and why nothing is left behind when the launcher itself dies.
 """
 
 from __future__ import annotations
@@ -161,31 +162,16 @@ class RemoteProcess:
         self.kill()
 
 
-@dataclass
-class SshRunner:
-    """Runs on a remote host with the system's OpenSSH client (batch mode, host keys checked)."""
+class CommandRunner:
+    """Runs on another host by prefixing every command with a client (ssh, srun) whose
+    stdin reaches the remote command; each process runs under remote_exec there."""
 
     host: str
     python: str
-    user: str | None = None
-    port: int | None = None
-    options: list[str] = field(default_factory=list)
-    connect_timeout_s: int = 10
-    remote_grace_s: float = 5.0
+    remote_grace_s: float
 
-    def ssh_argv(self, remote_argv: list[str]) -> list[str]:
-        """ssh ... HOST -- 'quoted remote command'. BatchMode comes first: ssh keeps the first
-        value of an option, so it cannot be turned off; the user's options come before our
-        other defaults so they can override those."""
-        argv = ["ssh", "-o", "BatchMode=yes", *self.options]
-        argv += ["-o", f"ConnectTimeout={self.connect_timeout_s}"]
-        # A host that dies silently is noticed within ~15 s instead of TCP's many minutes.
-        argv += ["-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3"]
-        if self.port is not None:
-            argv += ["-p", str(self.port)]
-        if self.user is not None:
-            argv += ["-l", self.user]
-        return [*argv, self.host, "--", shlex.join(remote_argv)]
+    def remote_argv(self, argv: list[str]) -> list[str]:
+        raise NotImplementedError
 
     def wrapped(self, spec: ProcessSpec) -> list[str]:
         argv = [self.python, "-m", "distgnn.launcher.remote_exec", "--grace", str(self.remote_grace_s)]
@@ -195,7 +181,7 @@ class SshRunner:
 
     def start(self, spec: ProcessSpec) -> RemoteProcess:
         popen = subprocess.Popen(
-            self.ssh_argv(self.wrapped(spec)),
+            self.remote_argv(self.wrapped(spec)),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -205,7 +191,7 @@ class SshRunner:
 
     def capture(self, argv: list[str], *, timeout: float) -> subprocess.CompletedProcess:
         return subprocess.run(
-            self.ssh_argv(argv), capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+            self.remote_argv(argv), capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
         )
 
     def put_files(self, files: list[tuple[Path, str]], dest: Path, *, timeout: float) -> None:
@@ -215,7 +201,7 @@ class SshRunner:
             raise OSError(f"host {self.host}: cannot create {dest}: {_last_line(made.stderr)}")
         with tempfile.TemporaryFile() as err:
             proc = subprocess.Popen(
-                self.ssh_argv(["tar", "-x", "-f", "-", "-C", str(dest)]),
+                self.remote_argv(["tar", "-x", "-f", "-", "-C", str(dest)]),
                 stdin=subprocess.PIPE,
                 stdout=subprocess.DEVNULL,
                 stderr=err,
@@ -224,7 +210,7 @@ class SshRunner:
                 _write_tar(proc.stdin, files)
                 proc.stdin.close()
             except BrokenPipeError:
-                pass  # ssh or tar gave up; its stderr below says why
+                pass  # the client or tar gave up; its stderr below says why
             try:
                 proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -235,6 +221,53 @@ class SshRunner:
                 err.seek(0)
                 why = _last_line(err.read().decode(errors="replace"))
                 raise OSError(f"host {self.host}: copying to {dest} failed: {why}")
+
+
+@dataclass
+class SshRunner(CommandRunner):
+    """Runs on a remote host with the system's OpenSSH client (batch mode, host keys checked)."""
+
+    host: str
+    python: str
+    user: str | None = None
+    port: int | None = None
+    options: list[str] = field(default_factory=list)
+    connect_timeout_s: int = 10
+    remote_grace_s: float = 5.0
+
+    def remote_argv(self, argv: list[str]) -> list[str]:
+        """ssh ... HOST -- 'quoted remote command'. BatchMode comes first: ssh keeps the first
+        value of an option, so it cannot be turned off; the user's options come before our
+        other defaults so they can override those."""
+        ssh = ["ssh", "-o", "BatchMode=yes", *self.options]
+        ssh += ["-o", f"ConnectTimeout={self.connect_timeout_s}"]
+        # A host that dies silently is noticed within ~15 s instead of TCP's many minutes.
+        ssh += ["-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3"]
+        if self.port is not None:
+            ssh += ["-p", str(self.port)]
+        if self.user is not None:
+            ssh += ["-l", self.user]
+        return [*ssh, self.host, "--", shlex.join(argv)]
+
+    ssh_argv = remote_argv
+
+
+@dataclass
+class SrunRunner(CommandRunner):
+    """Runs on a node of the current Slurm allocation as a job step (`srun`): no sshd or keys.
+    A step's stdin is forwarded to its task, so remote_exec stops the process when we go."""
+
+    host: str
+    python: str
+    node: str
+    """Slurm's name of the node."""
+    job_id: str
+    remote_grace_s: float = 5.0
+
+    def remote_argv(self, argv: list[str]) -> list[str]:
+        from distgnn.launcher.slurm import srun_argv
+
+        return srun_argv(self.job_id, self.node, argv)
 
 
 def _write_tar(stream: IO[bytes], files: list[tuple[Path, str]]) -> None:
