@@ -110,6 +110,23 @@ def test_one_host_two_trainers_pubmed(tmp_path, pubmed1):
     assert (tmp_path / "ck" / "latest").exists()
     assert wait_gone(run) == []
     assert port_free("127.0.0.1", port)
+    check_resolved_config(run, hosts, pubmed1)
+
+
+def check_resolved_config(run: Path, hosts: Path, shards: Path) -> None:
+    """The run folder's config.yaml holds every resolved option and plans the same run again."""
+    import yaml
+
+    from distgnn.launcher.cli import config_from_args
+
+    resolved = yaml.safe_load((run / "config.yaml").read_text())
+    assert resolved["hosts"] == str(hosts) and resolved["trainers-per-host"] == 2
+    assert resolved["train"]["hidden"] == 128 and resolved["train"]["fanouts"] == "10,25"
+    assert "shards" not in resolved["train"]  # the launcher's own
+    again = config_from_args(["--config", str(run / "config.yaml")], environ={})
+    assert {"--fanouts=10,25", "--eval-fanouts=-1,-1", "--hidden=128"} <= set(again.train_args)
+    assert not any(arg.startswith(("--shards", "--ip-config")) for arg in again.train_args)
+    assert again.shards == shards and again.trainers == 2
 
 
 def test_resume_and_predict_only(tmp_path, pubmed1):
@@ -176,6 +193,28 @@ def test_two_hosts_two_trainers_each_pubmed(tmp_path, pubmed2, emu):
     assert len({s.param_digest for s in sums}) == 1, "DDP must leave identical parameters on every rank"
     assert sums[0].test_acc >= 0.76, sums[0]
     check_predictions(tmp_path / "pred", 19717)
+    assert wait_gone(run) == []
+
+
+@pytest.mark.netns
+def test_hosts_with_different_trainer_counts_train_one_model(tmp_path, pubmed2, emu):
+    """`trainers=2` on the first host's line and `trainers=1` on the second's: three ranks,
+    an even share of the training nodes each (DGL's node_split would need equal counts), and
+    one model."""
+    port = free_port()
+    hosts = tmp_path / "ip_config.txt"
+    hosts.write_text(f"{emu.hosts[0].address} {port} trainers=2\n{emu.hosts[1].address} {port} trainers=1\n")
+    ws = tmp_path / "ws"
+    argv = launch(hosts, pubmed2, ws, *ssh_flags(emu), train=[*PUBMED_TRAIN, "--epochs", "20"])
+    done, _ = run_launch(argv, CLUSTER_TIMEOUT_S)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    run = only_run(ws)
+    plan = json.loads((run / "plan.json").read_text())
+    assert plan["host_trainers"] == [2, 1] and plan["num_clients"] == 3
+    sums = summaries(run)
+    assert len(sums) == 3
+    assert len({s.param_digest for s in sums}) == 1, "DDP must leave identical parameters on every rank"
+    assert sums[0].test_acc >= 0.7, sums[0]
     assert wait_gone(run) == []
 
 

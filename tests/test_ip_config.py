@@ -102,7 +102,28 @@ def test_port_bounds_accepted():
 
 def test_too_many_fields():
     # DGL 2.0's third column (server count) is gone in 2.1: reject it rather than guess.
-    assert _error("10.0.0.1 30050 2\n") == "ip_config.txt:1: expected 'address [port]', got 3 fields"
+    assert _error("10.0.0.1 30050 2\n") == (
+        "ip_config.txt:1: unexpected '2' (expected 'address [port] [gpus=N | trainers=N]')")
+
+
+def test_per_host_trainer_counts():
+    entries = parse_ip_config_text("10.0.0.1 30050 gpus=4\n10.0.0.2 gpus=2  # smaller box\n10.0.0.3 trainers=3\n"
+                                   "10.0.0.4\n", "f")
+    assert [(e.port, e.gpus, e.trainers) for e in entries] == [
+        (30050, 4, None), (DEFAULT_SERVER_PORT, 2, None), (DEFAULT_SERVER_PORT, None, 3), (DEFAULT_SERVER_PORT, None, None)]
+    # what DGL reads keeps its own two columns
+    assert format_ip_config(entries).splitlines()[0] == "10.0.0.1 30050"
+
+
+@pytest.mark.parametrize("line, message", [
+    ("10.0.0.1 gpus=0", "ip_config.txt:1: gpus=0: expected a whole number of at least 1"),
+    ("10.0.0.1 trainers=x", "ip_config.txt:1: trainers=x: expected a whole number of at least 1"),
+    ("10.0.0.1 cpus=2", "ip_config.txt:1: unexpected 'cpus=2' (expected 'address [port] [gpus=N | trainers=N]')"),
+    ("10.0.0.1 gpus=2 trainers=2", "ip_config.txt:1: give one of gpus=N or trainers=N, once"),
+    ("10.0.0.1 gpus=2 gpus=2", "ip_config.txt:1: give one of gpus=N or trainers=N, once"),
+])
+def test_bad_trainer_counts(line, message):
+    assert _error(line + "\n") == message
 
 
 def test_duplicate_host_and_port():

@@ -87,9 +87,38 @@ def test_gpu_plan_has_one_trainer_per_gpu_each_owning_a_device(n):
 
 def test_gpu_counts_are_checked_per_host():
     cfg = _cfg(gpus_per_host=2)
-    check_gpus(cfg, _hosts(2), [2, 8])
+    check_gpus(cfg, _hosts(2), [2, 8], [2, 2])
     with pytest.raises(InputError, match=r"--gpus-per-host 2: host 10.0.0.2 \(/cfg/ip.txt line 2\) has 1 GPU"):
         plan_run(cfg, _hosts(2), local=set(), run_dir=RUN, job_id="j", num_parts=2, gpu_counts=[2, 1])
+
+
+def _counted(*counts: dict) -> list[HostEntry]:
+    return [HostEntry(f"10.0.0.{i + 1}", 30050, i + 1, **c) for i, c in enumerate(counts)]
+
+
+def test_gpu_hosts_and_cpu_hosts_do_not_mix():
+    with pytest.raises(InputError, match=r"host 10.0.0.3 \(/cfg/ip.txt line 3\): no GPU count for a job that "
+                                         r"trains on GPUs"):
+        plan_run(_cfg(), _counted({"gpus": 4}, {"gpus": 2}, {}), local=set(), run_dir=RUN, job_id="j")
+    with pytest.raises(InputError, match=r"line 2\): trainers=2 asks for CPU trainers, but this job trains on GPUs"):
+        plan_run(_cfg(gpus_per_host=1), _counted({}, {"trainers": 2}), local=set(), run_dir=RUN, job_id="j")
+
+
+def test_per_host_counts_set_torchrun_ports_devices_and_the_split_layout():
+    from distgnn.trainer.split import TRAINERS_ENV
+
+    plan = plan_run(_cfg(gpus_per_host=1, master_port=29500), _counted({"gpus": 4}, {}, {"gpus": 2}), local=set(),
+                    run_dir=RUN, job_id="j", num_parts=3, cpu_count=8)
+    assert plan.host_trainers == [4, 1, 2] and plan.on_gpu and plan.world_size == 7 and plan.num_clients == 7
+    groups = [p for p in plan.processes if p.role == "trainer"]
+    assert [_flag(g.argv, "--nproc-per-node") for g in groups] == ["4", "1", "2"]
+    assert [g.env["CUDA_VISIBLE_DEVICES"] for g in groups] == ["0,1,2,3", "0", "0,1"]
+    assert all(g.env[TRAINERS_ENV] == "4,1,2" for g in groups)
+    assert len(groups[0].ports) == 1 + 4 and len(groups[2].ports) == 2  # rendezvous on host 0; metrics
+    assert "4/1/2 trainers (host 0/1/...) (one per GPU)" in format_plan(plan)
+    same = plan_run(_cfg(trainers_per_host=2, master_port=29500), _counted({}, {"trainers": 2}), local=set(),
+                    run_dir=RUN, job_id="j")
+    assert same.host_trainers == [2, 2] and all(TRAINERS_ENV not in p.env for p in same.processes)
 
 
 def test_local_hosts_are_marked_and_user_env_wins():

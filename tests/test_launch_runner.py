@@ -425,6 +425,26 @@ def test_dry_run_prints_the_plan_and_starts_nothing(tmp_path, shards, capsys):
     assert not (tmp_path / "ws").exists()
 
 
+def test_a_dry_run_plans_with_names_it_does_not_resolve(tmp_path, shards, capsys):
+    """A plan for a cluster this machine cannot see yet: no lookup, no contact; a real launch
+    still refuses the name with one line."""
+    from distgnn.launcher.cli import main
+
+    hosts = tmp_path / "ip_config.txt"
+    hosts.write_text("gpu-node-1.invalid 30050 gpus=2\ngpu-node-2.invalid 30050 gpus=1\n")
+    common = ["--hosts", str(hosts), "--shards", str(shards[2]), "--workspace", str(tmp_path / "ws"),
+              "--master-port", "29500"]
+    assert main([*common, "--dry-run", "--", "train"]) == 0
+    text = capsys.readouterr().out
+    assert "host names not resolved (dry run; a real launch resolves them first): gpu-node-1.invalid, " \
+           "gpu-node-2.invalid" in text
+    assert "host 1 gpu-node-2.invalid (ssh), 1 trainer(s)" in text and "2/1 trainers (host 0/1/...) (one per GPU)" in text
+    assert main([*common, "--", "train"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"launch: error: {hosts}:1: cannot resolve host 'gpu-node-1.invalid'")
+    assert not (tmp_path / "ws").exists()
+
+
 def test_the_rendezvous_port_is_a_free_one_unless_given(tmp_path, shards, capsys):
     """Two launches started together must not both take torchrun's 29500."""
     from distgnn.launcher.cli import main

@@ -96,20 +96,35 @@ def slurm_config(monkeypatch, tmp_path, nodes, *extra):
                             environ=env)
 
 
-def test_nodes_with_different_gpu_counts_need_an_explicit_count(monkeypatch, tmp_path):
+def test_nodes_train_with_the_gpus_the_job_holds_there_unless_told(monkeypatch, tmp_path):
     nodes = [slurm.SlurmNode("gpu01", "10.1.0.11", 4), slurm.SlurmNode("gpu02", "10.1.0.12", 2)]
-    with pytest.raises(InputError, match=r"different GPU counts on its nodes \(gpu01: 4, gpu02: 2\)"):
-        slurm_config(monkeypatch, tmp_path, nodes)
-    assert slurm_config(monkeypatch, tmp_path, nodes, "--gpus-per-host", "2").gpus_per_host == 2
-    assert slurm_config(monkeypatch, tmp_path, nodes, "--trainers-per-host", "3").gpus_per_host == 0
+
+    def planned(*extra):
+        cfg = slurm_config(monkeypatch, tmp_path, nodes, "--master-port", "29511", *extra)
+        plan = plan_run(cfg, load_hosts(cfg, set()), local=set(), run_dir=tmp_path / "run", job_id="j")
+        return plan.host_trainers, plan.on_gpu, plan.num_clients
+
+    assert planned() == ([4, 2], True, 6)
+    assert planned("--gpus-per-host", "2") == ([2, 2], True, 4)
+    assert planned("--trainers-per-host", "3") == ([3, 3], False, 6)
+    half = [slurm.SlurmNode("gpu01", "10.1.0.11", 4), slurm.SlurmNode("cpu01", "10.1.0.13", 0)]
+    monkeypatch.setattr(slurm, "allocation_nodes", lambda environ: half)
+    env = {"SLURM_JOB_ID": "7", "SLURM_JOB_NODELIST": "x"}
+    cfg = config_from_args(["--shards", str(tmp_path), "--trainer-module", "w", "--", "train"], environ=env)
+    with pytest.raises(InputError, match=r"host 10.1.0.13 \(Slurm node cpu01\): no GPU count for a job that trains"):
+        load_and_plan(cfg, tmp_path)
+
+
+def load_and_plan(cfg, tmp_path):
+    return plan_run(cfg, load_hosts(cfg, set()), local=set(), run_dir=tmp_path / "run", job_id="j")
 
 
 def test_the_plan_starts_remote_nodes_with_srun_and_leaves_their_gpus_to_slurm(monkeypatch, tmp_path):
     nodes = [slurm.SlurmNode("gpu01", "10.1.0.11", 4), slurm.SlurmNode("gpu02", "10.1.0.12", 4)]
     cfg = slurm_config(monkeypatch, tmp_path, nodes, "--master-port", "29511")
-    assert cfg.gpus_per_host == 4 and cfg.hosts_source == "Slurm job 7"
+    assert cfg.hosts_source == "Slurm job 7"
     hosts = load_hosts(cfg, {"127.0.0.1"})
-    assert [(h.address, h.node) for h in hosts] == [("10.1.0.11", "gpu01"), ("10.1.0.12", "gpu02")]
+    assert [(h.address, h.node, h.gpus) for h in hosts] == [("10.1.0.11", "gpu01", 4), ("10.1.0.12", "gpu02", 4)]
     plan = plan_run(cfg, hosts, local={"127.0.0.1"}, run_dir=tmp_path / "run", job_id="j")
     trainers = [p for p in plan.processes if p.role == "trainer"]
     # Slurm sets the step's CUDA_VISIBLE_DEVICES to the job's GPUs on the node (here 2,3 on gpu02).

@@ -1,11 +1,14 @@
-"""DGL's ip_config.txt: one host per line, `address [port]`.
+"""DGL's ip_config.txt: one host per line, `address [port]`, which distgnn widens with an
+optional per-host trainer count: `address [port] [gpus=N | trainers=N]`.
 
 This module is the only owner of the format. Parsing and formatting are pure;
 name resolution and the local-address lookup are kept in their own functions
 because they touch the system.
 
 Accepted input is a little wider than what DGL 2.1 itself reads: blank lines and
-`#` comments are allowed here, and a host may be given by name. DGL's own reader
+`#` comments are allowed here, a host may be given by name, and a line may say how many
+trainers its host runs (`gpus=N`: one per GPU; `trainers=N`: CPU trainers), for hosts
+that differ. DGL's own reader
 breaks on both (a blank line aborts its parse, and a client finds its machine id
 by comparing the file's addresses with its NICs' IPv4 addresses), so the file
 handed to DGL must be the output of `format_ip_config(resolve_entries(...))`.
@@ -16,7 +19,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from distgnn.errors import InputError
@@ -38,6 +41,10 @@ class HostEntry:
     """1-based line number in the source file, 0 when not read from a file."""
     node: str | None = None
     """Slurm's node name when the host came from an allocation instead of a file."""
+    gpus: int | None = None
+    """`gpus=N`: this host trains with N GPUs, one trainer each (None: launch's --gpus-per-host)."""
+    trainers: int | None = None
+    """`trainers=N`: this host runs N CPU trainers (None: launch's --trainers-per-host)."""
 
     def where(self, source: str) -> str:
         """Where the host was named, for messages: `FILE line N` or `Slurm node NAME`."""
@@ -87,12 +94,24 @@ def _parse_line(raw: str, source: str, number: int) -> HostEntry | None:
     if not fields:
         return None
     where = f"{source}:{number}"
-    if len(fields) > 2:
-        raise InputError(f"{where}: expected 'address [port]', got {len(fields)} fields")
-    address = fields[0]
+    address, rest = fields[0], fields[1:]
     _check_address(address, where)
-    port = _parse_port(fields[1], where) if len(fields) == 2 else DEFAULT_SERVER_PORT
-    return HostEntry(address, port, number)
+    port = DEFAULT_SERVER_PORT
+    if rest and "=" not in rest[0]:
+        port = _parse_port(rest.pop(0), where)
+    counts = dict(_parse_count(field, where) for field in rest)
+    if len(counts) != len(rest) or len(counts) > 1:
+        raise InputError(f"{where}: give one of gpus=N or trainers=N, once")
+    return HostEntry(address, port, number, gpus=counts.get("gpus"), trainers=counts.get("trainers"))
+
+
+def _parse_count(field: str, where: str) -> tuple[str, int]:
+    key, sep, value = field.partition("=")
+    if not sep or key not in ("gpus", "trainers"):
+        raise InputError(f"{where}: unexpected {field!r} (expected 'address [port] [gpus=N | trainers=N]')")
+    if not value.isdigit() or int(value) < 1:
+        raise InputError(f"{where}: {key}={value}: expected a whole number of at least 1")
+    return key, int(value)
 
 
 def _check_address(address: str, where: str) -> None:
@@ -156,18 +175,23 @@ def resolve_entries(entries: list[HostEntry], source: str) -> list[HostEntry]:
     return [_resolve(entry, source) for entry in entries]
 
 
-def _resolve(entry: HostEntry, source: str) -> HostEntry:
+def is_ipv4(address: str) -> bool:
     try:
-        ipaddress.IPv4Address(entry.address)
-        return entry
+        ipaddress.IPv4Address(address)
     except ValueError:
-        pass
+        return False
+    return True
+
+
+def _resolve(entry: HostEntry, source: str) -> HostEntry:
+    if is_ipv4(entry.address):
+        return entry
     try:
         infos = socket.getaddrinfo(entry.address, None, socket.AF_INET, socket.SOCK_STREAM)
     except socket.gaierror as exc:
         where = f"Slurm node {entry.node}" if entry.node else f"{source}:{entry.line}"
         raise InputError(f"{where}: cannot resolve host {entry.address!r} ({exc.strerror})") from None
-    return HostEntry(str(infos[0][4][0]), entry.port, entry.line, entry.node)
+    return replace(entry, address=str(infos[0][4][0]))
 
 
 def local_addresses() -> set[str]:

@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Mapping
 
 from distgnn.cliutil import Parser
 from distgnn.errors import InputError
+from distgnn.ip_config import parse_ip_config
 from distgnn.launcher import slurm
 from distgnn.launcher.config import LaunchConfig, parse_env_pairs
 from distgnn.launcher.slurm import SlurmNode
@@ -30,9 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Start graph servers and torchrun trainer groups on every host of an ip_config or "
         "a Slurm allocation (this machine directly, others over ssh or srun) and supervise them until they finish.",
     )
+    p.add_argument("--config", metavar="FILE",
+                   help="YAML file of launch options, with the train options under 'train:' (the flags given "
+                        "here win); the run folder keeps the resolved options as config.yaml")
     where = p.add_argument_group("hosts, shards and the run")
     where.add_argument("--hosts", metavar="FILE|slurm",
-                       help="ip_config file (one 'address [port]' per host), or 'slurm': the nodes of the Slurm "
+                       help="ip_config file (one 'address [port] [gpus=N|trainers=N]' per host), or 'slurm': the nodes of the Slurm "
                             "allocation launch runs in, started with srun (the default inside one)")
     where.add_argument("--shards", required=True, type=Path, help="shard folder from `partition`, one part per host")
     where.add_argument("--stage-shards", action="store_true", help="copy each host's own part into its run folder")
@@ -82,11 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def split_train_command(argv: list[str]) -> tuple[list[str], list[str]]:
-    """Launch options before `--`; after it the train command, whose arguments are kept as given."""
+def split_train_command(argv: list[str], *, train_in_file: bool = False) -> tuple[list[str], list[str]]:
+    """Launch options before `--`; after it the train command, whose arguments are kept as
+    given. The command may be left out when the --config file has a `train:` section."""
     before = argv[:argv.index("--")] if "--" in argv else argv
     if "-h" in before or "--help" in before:
         build_parser().parse_args(["--help"])  # prints the help and exits 0
+    if "--" not in argv and train_in_file:
+        return argv, []
     if "--" not in argv:
         raise InputError("missing '-- train [ARGS...]' after the launch options")
     split = argv.index("--")
@@ -97,9 +105,17 @@ def split_train_command(argv: list[str]) -> tuple[list[str], list[str]]:
     return argv[:split], command[1:]
 
 
-def check_train_command(ns: argparse.Namespace, train_args: list[str], gpus: int) -> None:
+PLACED_TRAIN_OPTIONS = {"shards", "ip-config", "servers-per-host", "samplers", "metrics-port", "metrics-addr",
+                        "job-id", "run-dir"}
+"""Train options the launcher itself gives every trainer (plan._trainer_group)."""
+
+
+def check_train_command(ns: argparse.Namespace, train_args: list[str], on_gpu: bool) -> dict:
     """Bad train options end the launch here, in a second, with the flag named: found by
-    the trainers they would cost a graph server and torchrun start-up first."""
+    the trainers they would cost a graph server and torchrun start-up first. Returns the
+    train options as resolved (for the run folder's config.yaml)."""
+    from distgnn import configfile
+    from distgnn.trainer.config import build_parser as train_parser
     from distgnn.trainer.config import check_train_args
 
     given = [*train_args]
@@ -107,17 +123,39 @@ def check_train_command(ns: argparse.Namespace, train_args: list[str], gpus: int
     placed = ["--shards", str(ns.shards), "--ip-config", str(ns.hosts or "ip_config.txt")]
     python_path = parse_env_pairs(ns.env).get("PYTHONPATH")  # where the trainers import --model from
     try:
-        train = check_train_args([*placed, *given], on_gpu=gpus > 0, python_path=python_path)
+        train = check_train_args([*placed, *given], on_gpu=on_gpu, python_path=python_path)
     except InputError as err:
         raise InputError(f"train options: {err}") from None
+    parser = train_parser()
+    resolved = configfile.resolved(parser.parse_args([*placed, *given]), parser, skip=PLACED_TRAIN_OPTIONS)
     from distgnn.partition import shards
     from distgnn.trainer.cluster import check_task_data
 
     try:
         manifest = shards.read_manifest(ns.shards)
     except (InputError, OSError):
-        return  # the plan reads the manifest again and reports what is wrong with it
+        return resolved  # the plan reads the manifest again and reports what is wrong with it
     check_task_data(ns.shards, manifest, train.task, train.node_embedding)
+    return resolved
+
+
+def read_config_file(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(launch options, train arguments) with a --config file's options placed before the
+    command line's, and any --config of the train command expanded, so that the trainers
+    on every host get plain flags and need no copy of the file."""
+    from distgnn import configfile
+    from distgnn.trainer.config import build_parser as train_parser
+
+    path, argv = configfile.take_config_flag(argv)
+    data = configfile.load(path) if path is not None else {}
+    source = f"{configfile.FLAG} {path}"
+    train_section = data.pop(configfile.TRAIN_SECTION, None)
+    if train_section is not None and not isinstance(train_section, dict):
+        raise InputError(f"{source}: train: expected a mapping of train options")
+    options, train_args = split_train_command(argv, train_in_file=train_section is not None)
+    file_options = configfile.to_argv(data, build_parser(), source)
+    file_train = configfile.to_argv(train_section or {}, train_parser(), f"{source}: train")
+    return file_options + options, configfile.expand(file_train + train_args, train_parser())
 
 
 def hosts_from_args(ns: argparse.Namespace, environ: Mapping[str, str]) -> tuple[Path | None, list[SlurmNode] | None]:
@@ -130,29 +168,45 @@ def hosts_from_args(ns: argparse.Namespace, environ: Mapping[str, str]) -> tuple
     return None, slurm.allocation_nodes(environ)
 
 
-def gpus_per_host(ns: argparse.Namespace, nodes: list[SlurmNode] | None) -> int:
-    """--gpus-per-host, or under Slurm the GPUs the job holds per node (the same on each)."""
-    if ns.gpus_per_host is not None or ns.trainers_per_host is not None or nodes is None:
-        return 0 if ns.gpus_per_host is None else ns.gpus_per_host
-    counts = {node.gpus for node in nodes}
-    if len(counts) > 1:
-        held = ", ".join(f"{node.name}: {node.gpus}" for node in nodes)
-        raise InputError(f"--hosts slurm: the job holds different GPU counts on its nodes ({held}); "
-                         "pass --gpus-per-host N to train with N on every node")
-    return counts.pop()
+def explicit_counts(ns: argparse.Namespace) -> bool:
+    return ns.gpus_per_host is not None or ns.trainers_per_host is not None
+
+
+def slurm_counts(ns: argparse.Namespace, nodes: list[SlurmNode] | None) -> list[SlurmNode] | None:
+    """The allocation's nodes, each with the GPUs to train with there: those the job holds,
+    unless --gpus-per-host or --trainers-per-host says otherwise for every node."""
+    if nodes is None or not explicit_counts(ns):
+        return nodes
+    return [replace(node, gpus=0) for node in nodes]
+
+
+def trains_on_gpu(ns: argparse.Namespace, hosts_file: Path | None, nodes: list[SlurmNode] | None) -> bool:
+    """Whether any host trains on a GPU: --gpus-per-host, a `gpus=N` host line or Slurm's GPUs."""
+    if ns.gpus_per_host:
+        return True
+    if nodes is not None:
+        return any(node.gpus for node in nodes)
+    try:
+        return any(entry.gpus for entry in parse_ip_config(hosts_file))
+    except InputError:
+        return False  # the plan reads the file again and reports what is wrong with it
 
 
 def config_from_args(argv: list[str], environ: Mapping[str, str] | None = None) -> LaunchConfig:
     environ = os.environ if environ is None else environ
-    options, train_args = split_train_command(argv)
-    ns = build_parser().parse_args(options)
+    options, train_args = read_config_file(argv)
+    parser = build_parser()
+    ns = parser.parse_args(options)
     hosts_file, nodes = hosts_from_args(ns, environ)
-    gpus = gpus_per_host(ns, nodes)
+    nodes = slurm_counts(ns, nodes)
     extra = {}
+    from distgnn import configfile
+
+    resolved = {**configfile.resolved(ns, parser), configfile.TRAIN_SECTION: {"args": train_args}}
     if ns.trainer_module:
         extra["trainer_module"] = ns.trainer_module
     else:
-        check_train_command(ns, train_args, gpus)
+        resolved[configfile.TRAIN_SECTION] = check_train_command(ns, train_args, trains_on_gpu(ns, hosts_file, nodes))
     if ns.server_module:
         extra["server_module"] = ns.server_module
     return LaunchConfig(
@@ -165,7 +219,7 @@ def config_from_args(argv: list[str], environ: Mapping[str, str] | None = None) 
         workspace=ns.workspace.absolute(),
         stage_shards=ns.stage_shards,
         trainers_per_host=1 if ns.trainers_per_host is None else ns.trainers_per_host,
-        gpus_per_host=gpus,
+        gpus_per_host=0 if ns.gpus_per_host is None else ns.gpus_per_host,
         servers_per_host=ns.servers_per_host,
         samplers=ns.samplers,
         master_port=ns.master_port,
@@ -185,6 +239,7 @@ def config_from_args(argv: list[str], environ: Mapping[str, str] | None = None) 
         stop_grace_s=ns.stop_grace,
         server_linger_s=ns.server_linger,
         hang_timeout_s=ns.hang_timeout,
+        resolved=resolved,
         **extra,
     )
 

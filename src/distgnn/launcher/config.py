@@ -92,6 +92,9 @@ class LaunchConfig:
     """Module torchrun runs on every trainer (replaceable for launcher tests)."""
     server_module: str = DEFAULT_SERVER_MODULE
     """Module run as graph server (replaceable for launcher tests)."""
+    resolved: dict = field(default_factory=dict)
+    """Every option as resolved from the command line and --config (written to the run
+    folder as config.yaml, a valid --config file for the same run)."""
 
     def __post_init__(self) -> None:
         if (self.hosts_file is None) == (self.slurm_nodes is None):

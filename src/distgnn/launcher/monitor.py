@@ -79,7 +79,7 @@ class RunMonitor:
         self.sink.run_state(state)
 
     def started(self, spec: ProcessSpec) -> None:
-        size = self._plan.trainers_per_host if spec.role == "trainer" else 1
+        size = self._plan.host_trainers[spec.host_index] if spec.role == "trainer" else 1
         with self._lock:
             self._tracked[spec.label] = _Tracked(spec, size)
             self._update_counts()

@@ -15,11 +15,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TextIO
 
+from distgnn import configfile
 from distgnn.errors import InputError
 from distgnn.ip_config import (
     HostEntry,
     check_server_ports,
     format_ip_config,
+    is_ipv4,
     is_local,
     local_addresses,
     parse_ip_config,
@@ -39,14 +41,16 @@ PROBE_TIMEOUT_S = 90.0
 STAGE_TIMEOUT_S = 3600.0
 
 
-def load_hosts(cfg: LaunchConfig, local: set[str]) -> list[HostEntry]:
-    """The ip_config's hosts (or the allocation's nodes) with names resolved; one per machine."""
+def load_hosts(cfg: LaunchConfig, local: set[str], *, resolve: bool = True) -> list[HostEntry]:
+    """The ip_config's hosts (or the allocation's nodes) with names resolved (unless `resolve`
+    is off, for a dry run); one per machine."""
     source = cfg.hosts_source
     if cfg.slurm_nodes is not None:
-        listed = [HostEntry(n.address, DEFAULT_SERVER_PORT, i + 1, n.name) for i, n in enumerate(cfg.slurm_nodes)]
+        listed = [HostEntry(n.address, DEFAULT_SERVER_PORT, i + 1, n.name, gpus=n.gpus or None)
+                  for i, n in enumerate(cfg.slurm_nodes)]
     else:
         listed = parse_ip_config(cfg.hosts_file)
-    entries = resolve_entries(listed, source)
+    entries = resolve_entries(listed, source) if resolve else listed
     check_server_ports(entries, cfg.servers_per_host, source)
     seen: dict[str, HostEntry] = {}
     for entry in entries:
@@ -65,9 +69,10 @@ def load_hosts(cfg: LaunchConfig, local: set[str]) -> list[HostEntry]:
 
 
 def make_plan(cfg: LaunchConfig) -> RunPlan:
-    """Read the ip_config and the shard manifest, and plan (nothing is contacted)."""
+    """Read the ip_config and the shard manifest, and plan (nothing is contacted). A dry run
+    does not even resolve host names: it plans with the names and says which they are."""
     local = local_addresses()
-    hosts = load_hosts(cfg, local)
+    hosts = load_hosts(cfg, local, resolve=cfg.dry_run is None)
     manifest = shards.read_manifest(cfg.shards)
     job_id = cfg.job_id or rundir.new_job_id()
     if cfg.master_port is None:
@@ -80,6 +85,7 @@ def make_plan(cfg: LaunchConfig) -> RunPlan:
         job_id=job_id,
         num_parts=manifest.num_parts,
         cpu_count=os.cpu_count() or 1,
+        unresolved=[entry.address for entry in hosts if not is_ipv4(entry.address)],
     )
 
 
@@ -126,7 +132,7 @@ def probe_host(cfg: LaunchConfig, plan: RunPlan, runner: Runner, index: int) -> 
     argv = [cfg.python, "-m", "distgnn.launcher.probe", "--address", entry.address]
     for port in plan.host_ports(index):
         argv += ["--port", str(port)]
-    if cfg.gpus_per_host:
+    if plan.on_gpu:
         argv.append("--gpus")
     if cfg.allocator == "tcmalloc":
         argv += ["--library", TCMALLOC]
@@ -187,7 +193,7 @@ def preflight(cfg: LaunchConfig, plan: RunPlan, runners: list[Runner]) -> list[i
                 f"host {plan.hosts[index].address} ({plan.hosts[index].where(cfg.hosts_source)}): "
                 f"port {port} ({use}) is already in use"
             )
-    return [r.gpus or 0 for r in reports] if cfg.gpus_per_host else None
+    return [r.gpus or 0 for r in reports] if plan.on_gpu else None
 
 
 def stage_files(plan: RunPlan, index: int) -> list[tuple[Path, str]]:
@@ -273,7 +279,7 @@ def launch(cfg: LaunchConfig, *, out: TextIO | None = None, err: TextIO | None =
     runners = [runner_for(cfg, plan, i) for i in range(len(plan.hosts))]
     gpu_counts = preflight(cfg, plan, runners)
     if gpu_counts is not None:
-        check_gpus(cfg, plan.hosts, gpu_counts)
+        check_gpus(cfg, plan.hosts, gpu_counts, plan.host_trainers)
     # Before the run folder is written and anything started: a taken launcher port or an
     # unwritable targets file is bad input like any other.
     monitor = start_monitor(cfg.metrics_port, cfg.metrics_addr, plan, err)
@@ -293,6 +299,7 @@ def run_started(
 ) -> RunResult:
     """Everything checked: write the run folder, stage, run and record the run."""
     rundir.write_plan(plan.run_dir, plan_to_json(plan))
+    rundir.write_text(plan.run_dir / configfile.RESOLVED_NAME, configfile.dump(cfg.resolved))
     rundir.write_text(plan.ip_config_path, format_ip_config(plan.hosts))
     try:
         stage(cfg, plan, runners)

@@ -196,6 +196,6 @@ def connect(cfg: TrainConfig, facts: GraphFacts) -> Cluster:
 
 def split_nodes(g, mask_name: str) -> torch.Tensor:
     """This trainer's share of the nodes in a mask; even across trainers so DDP steps line up."""
-    import dgl
+    from distgnn.trainer.split import my_share
 
-    return dgl.distributed.node_split(g.ndata[mask_name], g.get_partition_book(), force_even=True)
+    return my_share(g.ndata[mask_name], g.num_nodes(), g.get_partition_book(), "node")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -196,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="train",
         description="Distributed GNN trainer; run one per device under torchrun (`launch` does this for you).",
     )
+    p.add_argument("--config", metavar="FILE", help="YAML file of train options (the flags given here win)")
     data = p.add_argument_group("graph and cluster")
     data.add_argument("--shards", required=True, type=Path, help="shard folder written by `partition`")
     data.add_argument("--ip-config", required=True, type=Path, help="DGL ip_config.txt of the graph servers")
@@ -284,8 +286,11 @@ def check_train_args(argv: list[str], *, on_gpu: bool, python_path: str | None =
 
 
 def config_from_args(argv: list[str] | None = None) -> TrainConfig:
-    """The only place that turns command-line arguments into a TrainConfig."""
-    ns = build_parser().parse_args(argv)
+    """The only place that turns command-line arguments (and a --config file) into a TrainConfig."""
+    from distgnn import configfile
+
+    parser = build_parser()
+    ns = parser.parse_args(configfile.expand(list(sys.argv[1:] if argv is None else argv), parser))
     return TrainConfig(
         shards=ns.shards,
         ip_config=ns.ip_config,

@@ -17,13 +17,12 @@ from distgnn import heartbeat, predictions
 from distgnn.trainer.cluster import Cluster
 from distgnn.trainer.model import ModelConfig
 from distgnn.trainer.sampling import make_loader
+from distgnn.trainer.split import my_share
 
 
 def _my_nodes(g) -> torch.Tensor:
-    import dgl
-
     everything = torch.ones(g.num_nodes(), dtype=torch.bool)
-    return dgl.distributed.node_split(everything, g.get_partition_book(), force_even=True)
+    return my_share(everything, g.num_nodes(), g.get_partition_book(), "node")
 
 
 def infer(cluster: Cluster, model: torch.nn.Module, model_cfg: ModelConfig, inputs, *, batch_size: int,

@@ -86,10 +86,10 @@ class EdgeBatch:
 
 def my_edges(g) -> torch.Tensor:
     """This trainer's share of the training edges; even across trainers so DDP steps line up."""
-    import dgl
+    from distgnn.trainer.split import my_share
 
     every = torch.ones(g.num_edges(), dtype=torch.bool)
-    return dgl.distributed.edge_split(every, g.get_partition_book(), force_even=True)
+    return my_share(every, g.num_edges(), g.get_partition_book(), "edge")
 
 
 def pair_keys(src: torch.Tensor, dst: torch.Tensor, num_nodes: int) -> torch.Tensor:
