@@ -84,7 +84,7 @@ def child_ours(spec: str, num_parts: int, work: Path) -> dict:
 
     with ThreadPoolExecutor(max_workers=MATERIALIZE_WORKERS) as pool:
         list(pool.map(
-            lambda p: to_dgl.materialize_part(shards.part_dir(work / "shards", p), work / "dgl"),
+            lambda p: to_dgl.materialize_part(shards.part_ref(work / "shards", p), work / "dgl"),
             range(num_parts),
         ))
     done = time.perf_counter() - import_wall

@@ -106,8 +106,8 @@ def _edges_by_id(root: str) -> tuple[np.ndarray, np.ndarray]:
     src = np.full(manifest.num_edges, -1, dtype=np.int64)
     dst = np.full(manifest.num_edges, -1, dtype=np.int64)
     for p in range(manifest.num_parts):
-        edges = shards.read_part(shards.part_dir(root, p)).edges
-        inner = np.asarray(edges.inner, dtype=bool)
+        edges = shards.read_part(shards.part_ref(root, p)).edges
+        inner = np.asarray(edges.in_part, dtype=bool)
         src[edges.eid[inner]], dst[edges.eid[inner]] = edges.src[inner], edges.dst[inner]
     return src, dst
 

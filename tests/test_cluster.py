@@ -4,9 +4,9 @@ namespaces reached over real sshd (two parts)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
-
 import subprocess
 import tempfile
 from pathlib import Path
@@ -216,6 +216,87 @@ def test_hosts_with_different_trainer_counts_train_one_model(tmp_path, pubmed2, 
     assert len({s.param_digest for s in sums}) == 1, "DDP must leave identical parameters on every rank"
     assert sums[0].test_acc >= 0.7, sums[0]
     assert wait_gone(run) == []
+
+
+@contextlib.contextmanager
+def private_folder(emu, folder: Path):
+    """`folder` is a different, empty folder on each emulated host (a tmpfs mounted in the
+    host's own mount namespace) and on this machine: hosts that share no path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(len(emu.hosts)):
+        emu.run(i, ["mount", "-t", "tmpfs", "-o", "size=512m", "tmpfs", str(folder)], timeout=15, check=True)
+    try:
+        yield folder
+    finally:
+        for i in range(len(emu.hosts)):
+            emu.run(i, ["umount", "-l", str(folder)], timeout=15)
+
+
+@pytest.mark.netns
+def test_without_a_shared_filesystem_logs_predictions_and_checkpoints_come_home(tmp_path, pubmed2, emu):
+    """Each host's workspace is its own: the launcher stages each part, and when the run
+    ends brings every host's run logs, torchrun logs, predictions and checkpoints here."""
+    hosts, _ = emu_hosts(tmp_path, emu)
+    with private_folder(emu, tmp_path / "ws") as ws:
+        argv = launch(hosts, pubmed2, ws, "--stage-shards", *ssh_flags(emu),
+                      train=[*PUBMED_TRAIN, "--epochs", "6", "--predict-out", str(ws / "pred"),
+                             "--checkpoint-dir", str(ws / "ck")])
+        done, _ = run_launch(argv, CLUSTER_TIMEOUT_S)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert "copied" in done.stdout and "back from 2 other host(s)" in done.stdout
+        run = only_run(ws)
+        # the hosts wrote these into their own folders; each arrived here
+        assert sorted(p.name for p in (run / "logs").glob("rank-*.jsonl")) == ["rank-00000.jsonl", "rank-00001.jsonl"]
+        assert len(list((run / "logs").glob("*-torchrun"))) == 2
+        check_predictions(ws / "pred", 19717)
+        assert (ws / "ck" / "latest").exists()
+        assert emu.run(1, ["test", "-e", str(ws / "ck")], timeout=15).returncode == 1  # rank 0's host wrote it
+        report = subprocess.run([BIN / "distgnn", "report", str(run), "--out", str(tmp_path / "report.png")],
+                                capture_output=True, text=True, timeout=120)
+        assert report.returncode == 0, report.stderr
+        assert wait_gone(run) == []
+
+
+@pytest.mark.netns
+def test_a_killed_job_resumes_with_launch_resume(tmp_path, pubmed2, emu):
+    """A trainer dies mid-run on the second host; `launch --resume JOB` continues the job in
+    its own run folder, with the options it ran with, from the newest checkpoint, which
+    only the first host had and the launcher copied to the second."""
+    import signal
+
+    hosts, _ = emu_hosts(tmp_path, emu)
+    with private_folder(emu, tmp_path / "ws") as ws:
+        ck = ws / "ck"
+        argv = launch(hosts, pubmed2, ws, "--stage-shards", "--job-id", "long", *ssh_flags(emu),
+                      train=[*PUBMED_TRAIN, "--epochs", "14", "--eval-every", "2", "--checkpoint-dir", str(ck)])
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                stdin=subprocess.DEVNULL)
+        try:
+            wait_for(lambda: "epoch-00002.pt" in emu.run(0, ["ls", str(ck)], timeout=15).stdout, 180,
+                     "the checkpoint of epoch 2 on the first host")
+            run = ws / "runs" / "long"
+            victim = trainer_processes(run)[1]
+            victim.send_signal(signal.SIGKILL)
+            _out, err = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+        assert proc.returncode == 1, err[-3000:]
+        assert sorted(p.name for p in ck.glob("epoch-*.pt"))  # brought home from the first host
+        resumed = [*LAUNCH, "--resume", "long", "--workspace", str(ws)]
+        done, _ = run_launch(resumed, CLUSTER_TIMEOUT_S)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert "resumed from epoch" in done.stdout
+        first = int(done.stdout.split("resumed from epoch ")[1].split()[0])
+        assert first >= 2
+        assert json.loads((run / "attempt-1" / "status.json").read_text())["status"] == "failed"
+        assert json.loads((run / "status.json").read_text())["status"] == "succeeded"
+        logs = runlog.read_run(run)
+        assert len(logs) == 2 and all(log.epochs[0].epoch == first + 1 for log in logs)
+        again, _ = run_launch(resumed, 60)
+        assert again.returncode == 2 and "the job succeeded; there is nothing to resume" in again.stderr
+        assert wait_gone(run) == []
 
 
 @pytest.mark.netns
@@ -429,7 +510,8 @@ def test_sigkill_of_the_launcher_leaves_no_process_and_no_port_behind(tmp_path, 
     run = only_run(ws)
     left = wait_gone(run, timeout=15)
     assert left == [], left
-    assert port_free("127.0.0.1", port)
+    # the kernel frees a killed process's sockets as it reaps it: allow it a moment on a loaded machine
+    wait_for(lambda: port_free("127.0.0.1", port), 10, f"port {port} free")
     record_fault("launcher killed", "SIGKILL of `launch` (one host)", time.monotonic() - killed,
                  "(none: the launcher is gone; its reaper stopped the server and torchrun)", left)
 

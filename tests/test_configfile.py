@@ -134,3 +134,53 @@ def test_launch_refuses_a_bad_file_in_one_line(tmp_path, capsys, text, message):
     code, _out, err = launch_main(["--config", str(path), "--dry-run", "--", "train"], capsys)
     assert code == 2
     assert err.strip().splitlines() == [message.format(path=path)]
+
+
+def test_resume_reads_the_job_s_own_config_and_refuses_what_it_cannot_continue(tmp_path, pubmed_shards, capsys):
+    from distgnn.launcher import rundir
+    from distgnn.launcher.cli import config_from_args
+
+    hosts = write(tmp_path, "127.0.0.1 30050\n", "ip.txt")
+    ws = tmp_path / "ws"
+    code, _out, err = launch_main(["--resume", "nope", "--workspace", str(ws)], capsys)
+    assert code == 2 and err.strip() == f"launch: error: --resume nope: no run folder {ws}/runs/nope (see --workspace)"
+    run = ws / "runs" / "job1"
+    run.mkdir(parents=True)
+    code, _out, err = launch_main(["--resume", "job1", "--workspace", str(ws)], capsys)
+    assert "has no config.yaml" in err and code == 2
+    base = f"hosts: {hosts}\nshards: {pubmed_shards}\nworkspace: {ws}\n"
+    (run / "config.yaml").write_text(base + "train:\n  epochs: 3\n")
+    code, _out, err = launch_main(["--resume", "job1", "--workspace", str(ws)], capsys)
+    assert err.strip() == "launch: error: train options: --resume: needs --checkpoint-dir" and code == 2
+    (run / "config.yaml").write_text(base + "train:\n  epochs: 3\n  checkpoint-dir: ck\n")
+    code, _out, err = launch_main(["--resume", "job1", "--workspace", str(ws)], capsys)
+    assert "--checkpoint-dir ck is relative" in err and code == 2
+    (run / "config.yaml").write_text(base + f"train:\n  epochs: 3\n  checkpoint-dir: {tmp_path / 'ck'}\n")
+    cfg = config_from_args(["--resume", "job1", "--workspace", str(ws), "--", "train", "--epochs", "5"], environ={})
+    assert cfg.resume and cfg.job_id == "job1" and cfg.checkpoint_dir == tmp_path / "ck"
+    assert cfg.train_args[-3:] == ["--epochs", "5", "--resume"] and "--epochs=3" in cfg.train_args
+    assert cfg.collect == [tmp_path / "ck"]
+    rundir.write_status(run, {"status": "succeeded"})
+    code, _out, err = launch_main(["--resume", "job1", "--workspace", str(ws)], capsys)
+    assert err.strip() == "launch: error: --resume job1: the job succeeded; there is nothing to resume"
+    code, _out, err = launch_main(["--resume", "job1", "--config", str(run / "config.yaml")], capsys)
+    assert "give one" in err and code == 2
+
+
+def test_a_resumed_attempt_keeps_the_last_one_s_records(tmp_path):
+    from distgnn.launcher import rundir
+
+    run = tmp_path / "run"
+    (run / "logs").mkdir(parents=True)
+    (run / "logs" / "rank-00000.jsonl").write_text("{}\n")
+    rundir.write_status(run, {"status": "failed"})
+    (run / "config.yaml").write_text("epochs: 3\n")
+    (run / "shards").mkdir()
+    assert rundir.archive_attempt(run) == run / "attempt-1"
+    # the options stay for a further resume, should this attempt fail before writing its own
+    assert (run / "config.yaml").exists() and (run / "attempt-1" / "config.yaml").exists()
+    assert (run / "attempt-1" / "status.json").exists() and not (run / "status.json").exists()
+    assert (run / "attempt-1" / "logs" / "rank-00000.jsonl").exists() and not (run / "logs").exists()
+    assert (run / "shards").is_dir()  # staged shards stay for the next attempt
+    (run / "logs").mkdir()
+    assert rundir.archive_attempt(run) == run / "attempt-2"

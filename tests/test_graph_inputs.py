@@ -612,6 +612,6 @@ def test_targets_reach_the_shards_on_both_paths(tmp_path, monkeypatch):
         assert shards.read_manifest(out).schema.has_target
         got = np.full(n, -1.0, dtype=np.float32)
         for part in range(2):
-            nodes = shards.read_part(shards.part_dir(out, part)).nodes
+            nodes = shards.read_part(shards.part_ref(out, part)).nodes
             got[nodes.orig_id] = nodes.target
         np.testing.assert_array_equal(got, target)

@@ -253,11 +253,13 @@ def test_staging_gives_each_host_only_its_own_part(tmp_path, shards):
                        workspace=tmp_path, stage_shards=True)
     hosts = [HostEntry("10.9.0.1", 30050, 1), HostEntry("10.9.0.2", 30050, 2)]
     plan = plan_run(cfg, hosts, local={"10.9.0.1"}, run_dir=tmp_path / "run", job_id="j", num_parts=2)
-    assert stage_files(plan, 0) == [(shards[2] / "manifest.json", "shards/manifest.json"),
-                                    (shards[2] / "part-00000", "shards/part-00000")]
+    def part(p: int) -> list[tuple[Path, str]]:
+        names = [f"parts/part-0000{p}.json", *(f"{t}/part={p}/data.parquet" for t in ("nodes", "edges", "halo"))]
+        return [(shards[2] / name, f"shards/{name}") for name in names]
+
+    assert stage_files(plan, 0) == [(shards[2] / "manifest.json", "shards/manifest.json"), *part(0)]
     assert stage_files(plan, 1) == [(tmp_path / "run" / "ip_config.txt", "ip_config.txt"),
-                                    (shards[2] / "manifest.json", "shards/manifest.json"),
-                                    (shards[2] / "part-00001", "shards/part-00001")]
+                                    (shards[2] / "manifest.json", "shards/manifest.json"), *part(1)]
 
 
 # -- remote_exec: what stops a remote process when its ssh connection goes -------------
@@ -317,7 +319,7 @@ def test_ssh_run_on_two_hosts_with_staged_shards(tmp_path, shards, emu):
     for i, host in enumerate(emu.hosts):
         assert f"[{host.address} server {i}] server {i} done" in done.stdout
         assert (run / "logs" / f"{host.address}-trainer-{i}.log").read_text().count("ARGS ") == 1
-    assert (run / "shards" / "part-00001" / "part.json").exists()
+    assert (run / "shards" / "parts" / "part-00001.json").exists()
     assert wait_gone(run) == []
 
 
@@ -443,6 +445,34 @@ def test_a_dry_run_plans_with_names_it_does_not_resolve(tmp_path, shards, capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"launch: error: {hosts}:1: cannot resolve host 'gpu-node-1.invalid'")
     assert not (tmp_path / "ws").exists()
+
+
+def test_gpus_per_host_auto_counts_each_host_s_gpus(tmp_path, shards, capsys):
+    """The count comes from each host itself; this machine has none, so the real probe
+    refuses it in one line. Counts found are planned per host, a `gpus=N` line winning."""
+    from dataclasses import replace
+
+    from distgnn.launcher.cli import config_from_args, main
+    from distgnn.launcher.run import make_plan
+
+    hosts, _ = local_hosts(tmp_path)
+    common = ["--hosts", str(hosts), "--shards", str(shards[1]), "--workspace", str(tmp_path / "ws"),
+              "--gpus-per-host", "auto", "--metrics-port", "0"]
+    assert main([*common, "--", "train"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"launch: error: --gpus-per-host auto: host 127.0.0.1 ({hosts} line 1) has no GPU; a job trains "
+                   "on GPUs on every host or on none"]
+    assert not (tmp_path / "ws").exists()
+    two = tmp_path / "two.txt"
+    two.write_text("10.9.0.1 30050\n10.9.0.2 30050 gpus=1\n")
+    cfg = config_from_args(["--hosts", str(two), "--shards", str(shards[2]), "--gpus-per-host", "auto",
+                            "--master-port", "29500", "--trainer-module", "launch_worker", "--", "train"])
+    assert cfg.gpus_auto
+    plan = make_plan(replace(cfg, dry_run="json"), [4, 8])
+    assert plan.host_trainers == [4, 1] and plan.on_gpu
+    assert make_plan(replace(cfg, dry_run="json")).host_trainers == [1, 1]  # a dry run counts nothing
+    assert main(["--hosts", str(hosts), "--shards", "s", "--gpus-per-host", "two", "--", "train"]) == 2
+    assert "--gpus-per-host: expected a number or 'auto', got 'two'" in capsys.readouterr().err
 
 
 def test_the_rendezvous_port_is_a_free_one_unless_given(tmp_path, shards, capsys):

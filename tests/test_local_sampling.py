@@ -22,7 +22,7 @@ def parts(tmp_path_factory):
     root = tmp_path_factory.mktemp("ls")
     graph = pubmed()
     run(PartitionConfig(graph="mem", num_parts=NUM_PARTS, out=root / "shards", quiet=True), load=lambda _s: graph)
-    configs = {to_dgl.materialize_part(shards.part_dir(root / "shards", p), root / "dgl") for p in range(NUM_PARTS)}
+    configs = {to_dgl.materialize_part(shards.part_ref(root / "shards", p), root / "dgl") for p in range(NUM_PARTS)}
     config = configs.pop()
     loaded = []
     for p in range(NUM_PARTS):

@@ -249,7 +249,7 @@ def test_partition_pubmed_report_and_manifest(tmp_path):
     assert manifest.data["metis"]["idx_bits"] == 32 and "libmetis" in manifest.data["metis"]["library"]
     assert manifest.data["metis"]["initial_tries"] == 1
     for p in range(4):
-        assert f"{shards.part_dir('.', p).name}/nodes.parquet" in manifest.files
+        assert f"nodes/part={p}/data.parquet" in manifest.files and f"parts/part-0000{p}.json" in manifest.files
 
 
 def test_same_seed_gives_identical_shards(tmp_path):

@@ -120,7 +120,7 @@ def test_coarsened_partition_keeps_the_shard_contract(tmp_path, no_base, spec, n
     graph = load_graph(str(spec))
     _check_against_input(graph, tmp_path / "shards", num_parts, tmp_path / "dgl")
     for p in range(num_parts):
-        shards.read_part(shards.part_dir(tmp_path / "shards", p))  # checksums hold
+        shards.read_part(shards.part_ref(tmp_path / "shards", p))  # checksums hold
     assert _leftovers(tmp_path) == []
 
 

@@ -44,7 +44,7 @@ def test_partition_pubmed_prints_report_and_writes_shards(tmp_path):
     manifest = json.loads((tmp_path / "out" / shards.MANIFEST).read_text())
     assert manifest["num_parts"] == 2 and manifest["graph_name"] == "pubmed"
     assert manifest["command"].startswith("partition --graph")
-    assert shards.read_part(shards.part_dir(tmp_path / "out", 1)).info.num_nodes == 19717
+    assert shards.read_part(shards.part_ref(tmp_path / "out", 1)).info.num_nodes == 19717
 
 
 def test_report_reader_closing_early_is_not_an_error(tmp_path):
@@ -58,7 +58,7 @@ def test_report_reader_closing_early_is_not_an_error(tmp_path):
     stderr = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 0, stderr
     assert "Traceback" not in stderr and "Broken pipe" not in stderr
-    assert shards.read_part(shards.part_dir(tmp_path / "out", 3)).info.num_parts == 4
+    assert shards.read_part(shards.part_ref(tmp_path / "out", 3)).info.num_parts == 4
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +112,7 @@ def test_overwrite_replaces_the_folder(tmp_path, small_partition):
     out = _copy(small_partition, tmp_path)
     assert _run("--graph", SMALL, "--num-parts", 3, "--out", out, "--quiet", "--overwrite").returncode == 0
     assert shards.read_manifest(out).num_parts == 3
-    assert not shards.part_dir(out, 3).exists()
+    assert not shards.part_ref(out, 3).info_path.exists()
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
@@ -187,7 +187,7 @@ def test_link_split_keeps_training_edges_and_stores_held_out_pairs(tmp_path):
     # a held-out pair is in no part's edges, in either direction
     held = set(zip(src.tolist(), dst.tolist())) | set(zip(dst.tolist(), src.tolist()))
     for part in range(2):
-        edges = shards.read_part(shards.part_dir(tmp_path / "out", part)).edges
+        edges = shards.read_part(shards.part_ref(tmp_path / "out", part)).edges
         assert not held & set(zip(edges.src.tolist(), edges.dst.tolist()))
 
 

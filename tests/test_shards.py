@@ -24,9 +24,47 @@ def partitioned(tmp_path_factory):
     return graph, root
 
 
-def test_part_dir_is_the_one_naming_rule(tmp_path):
-    assert shards.part_dir(tmp_path, 7) == tmp_path / "part-00007"
-    assert shards.part_dir(tmp_path, 12345).name == "part-12345"
+def test_part_ref_is_the_one_naming_rule(tmp_path):
+    ref = shards.part_ref(tmp_path, 7)
+    assert ref.info_path == tmp_path / "parts" / "part-00007.json"
+    assert ref.table_path("edges") == tmp_path / "edges" / "part=7" / "data.parquet"
+    assert shards.part_ref(tmp_path, 12345).info_path.name == "part-12345.json"
+
+
+def test_each_table_is_one_hive_partitioned_arrow_dataset(partitioned):
+    """Any Arrow tool reads a whole table with the part as a column; no other file sits in a
+    table's folder and no column is named with a SQL keyword."""
+    import pyarrow.dataset as ds
+
+    graph, root = partitioned
+    nodes = ds.dataset(root / "nodes", partitioning="hive").to_table()
+    assert nodes.num_rows == graph.num_nodes and set(nodes.column("part").to_pylist()) == set(range(NUM_PARTS))
+    assert sorted(nodes.column("orig_id").to_pylist()) == list(range(graph.num_nodes))
+    edges = ds.dataset(root / "edges", partitioning="hive").to_table()
+    assert int(sum(edges.column("in_part").to_pylist())) == graph.num_edges
+    halo = ds.dataset(root / "halo", partitioning="hive").to_table()
+    assert {"id", "orig_id", "owner", "part"} == set(halo.column_names)
+    for table in shards.PART_TABLES:
+        assert {p.name for p in (root / table).rglob("*") if p.is_file()} == {"data.parquet"}
+    assert {"inner", "part", "order", "group", "select"}.isdisjoint(
+        set(shards.EDGES_SCHEMA.names) | set(shards.HALO_SCHEMA.names) | set(nodes.column_names) - {"part"})
+
+
+def test_an_old_shard_folder_is_one_line_saying_to_partition_again(partitioned, tmp_path):
+    import shutil
+
+    _graph, root = partitioned
+    old = tmp_path / "old"
+    shutil.copytree(root, old)
+    manifest = json.loads((old / shards.MANIFEST).read_text())
+    manifest["format_version"] = 1
+    (old / shards.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ShardError, match=r"shard format 1, written by an older distgnn; .*partition the graph again"):
+        shards.read_manifest(old)
+    shutil.rmtree(old / "parts")
+    (old / "part-00000").mkdir()
+    with pytest.raises(ShardError, match=r"shard format 1 \(part-NNNNN folders\).*partition the graph again"):
+        shards.read_part(shards.part_ref(old, 0))
 
 
 def test_manifest_lists_every_file_with_its_sha256(partitioned):
@@ -37,7 +75,7 @@ def test_manifest_lists_every_file_with_its_sha256(partitioned):
     for rel, digest in manifest.files.items():
         assert shards.sha256_file(root / rel) == digest
     assert manifest.data["format_version"] == shards.FORMAT_VERSION
-    assert manifest.part_dir(1) == shards.part_dir(root, 1)
+    assert manifest.part_ref(1) == shards.part_ref(root, 1)
 
 
 def test_any_parquet_reader_sees_plain_typed_columns_with_ids_delta_encoded(partitioned):
@@ -45,12 +83,12 @@ def test_any_parquet_reader_sees_plain_typed_columns_with_ids_delta_encoded(part
     import pyarrow.parquet as pq
 
     _graph, root = partitioned
-    folder = shards.part_dir(root, 1)
-    nodes = pq.read_table(folder / shards.NODES)
+    ref = shards.part_ref(root, 1)
+    nodes = pq.read_table(ref.table_path(shards.NODES))
     assert nodes.schema.field("id").type == pa.int64() and nodes.schema.field("label").type == pa.int64()
     assert pa.types.is_fixed_size_list(nodes.schema.field("feat").type)  # features stay float lists
-    assert pq.read_table(folder / shards.EDGES).schema.field("src").type == pa.int64()
-    for path in (folder / shards.NODES, folder / shards.EDGES, folder / shards.HALO, root / shards.ASSIGNMENT):
+    assert pq.read_table(ref.table_path(shards.EDGES)).schema.field("src").type == pa.int64()
+    for path in (*(ref.table_path(t) for t in shards.PART_TABLES), root / shards.ASSIGNMENT):
         meta = pq.ParquetFile(path).metadata
         for i in range(meta.num_columns):
             column = meta.row_group(0).column(i)
@@ -63,7 +101,7 @@ def test_parts_hold_every_node_once_with_its_data(partitioned):
     seen = np.zeros(graph.num_nodes, dtype=int)
     manifest = shards.read_manifest(root)
     for p in range(NUM_PARTS):
-        shard = shards.read_part(shards.part_dir(root, p))
+        shard = shards.read_part(shards.part_ref(root, p))
         lo, hi = manifest.node_ranges[p]
         assert shard.info.node_ranges == manifest.node_ranges and shard.info.part_id == p
         assert shard.nodes.id.tolist() == list(range(lo, hi))
@@ -86,10 +124,10 @@ def test_edges_are_owned_by_destination_with_contiguous_ids(partitioned):
     inner_by_eid = {}
     outgoing = []
     for p in range(NUM_PARTS):
-        shard = shards.read_part(shards.part_dir(root, p))
+        shard = shards.read_part(shards.part_ref(root, p))
         lo, hi = shard.info.node_range
         e = shard.edges
-        inner = e.inner.astype(bool)
+        inner = e.in_part.astype(bool)
         n_inner = int(inner.sum())
         assert np.all(inner[:n_inner]) and not np.any(inner[n_inner:])  # inner edges first
         assert e.eid[:n_inner].tolist() == list(range(*shard.info.edge_range))
@@ -102,7 +140,7 @@ def test_edges_are_owned_by_destination_with_contiguous_ids(partitioned):
         # the halo is exactly the foreign endpoints, with their owners
         foreign = set(e.src[inner][(e.src[inner] < lo) | (e.src[inner] >= hi)].tolist()) | set(e.dst[~inner].tolist())
         assert shard.halo.id.tolist() == sorted(foreign)
-        assert shard.halo.part.tolist() == part[orig_of_new[shard.halo.id]].tolist()
+        assert shard.halo.owner.tolist() == part[orig_of_new[shard.halo.id]].tolist()
         assert shard.halo.orig_id.tolist() == orig_of_new[shard.halo.id].tolist()
     assert owned == Counter(zip(graph.src.tolist(), graph.dst.tolist()))
     # an outgoing edge is the same edge, same id, as stored in its owner's part
@@ -116,19 +154,19 @@ def test_changed_shard_file_fails_verification_naming_the_file(partitioned, tmp_
     import shutil
 
     copy = tmp_path / "copy"
-    shutil.copytree(shards.part_dir(root, 0), copy)
-    path = copy / shards.EDGES
+    shutil.copytree(root, copy)
+    path = shards.part_ref(copy, 0).table_path(shards.EDGES)
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
-    with pytest.raises(ShardError, match=r"edges\.parquet.*sha256"):
-        shards.read_part(copy, verify=True)
-    assert str(path) in str(_error(copy))
+    with pytest.raises(ShardError, match=r"edges/part=0/data\.parquet.*sha256"):
+        shards.read_part(shards.part_ref(copy, 0), verify=True)
+    assert str(path) in str(_error(shards.part_ref(copy, 0)))
 
 
-def _error(folder):
+def _error(ref):
     with pytest.raises(ShardError) as info:
-        shards.read_part(folder)
+        shards.read_part(ref)
     assert "\n" not in str(info.value)
     return info.value
 
@@ -138,12 +176,13 @@ def test_missing_part_json_and_unknown_version_are_shard_errors(partitioned, tmp
     import shutil
 
     copy = tmp_path / "copy"
-    shutil.copytree(shards.part_dir(root, 1), copy)
-    info = json.loads((copy / shards.PART_INFO).read_text())
+    shutil.copytree(root, copy)
+    ref = shards.part_ref(copy, 1)
+    info = json.loads(ref.info_path.read_text())
     info["format_version"] = 99
-    (copy / shards.PART_INFO).write_text(json.dumps(info))
-    assert "format_version 99" in str(_error(copy))
-    (copy / shards.PART_INFO).unlink()
-    assert "part.json" in str(_error(copy))
+    ref.info_path.write_text(json.dumps(info))
+    assert "format_version 99" in str(_error(ref))
+    ref.info_path.unlink()
+    assert "parts/part-00001.json: missing part info" in str(_error(ref))
     with pytest.raises(ShardError, match="manifest"):
         shards.read_manifest(tmp_path)

@@ -165,6 +165,24 @@ def slurm_env(cluster) -> dict[str, str]:
     return {**cluster.env, "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
 
 
+def run_batch(cluster, argv: list[str], timeout: float = SLURM_TIMEOUT_S) -> int:
+    """Submit a batch job and wait for its end; its exit code. Polls every half second:
+    `sbatch --wait` doubles its own wait between checks and would add half a minute."""
+    done = subprocess.run(["sbatch", "--parsable", *argv], env=slurm_env(cluster), capture_output=True, text=True,
+                          timeout=60, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr
+    job = done.stdout.strip().split(";")[0]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        shown = subprocess.run(["scontrol", "show", "job", "--oneliner", job], env=cluster.env, capture_output=True,
+                               text=True, timeout=30).stdout
+        fields = dict(field.split("=", 1) for field in shown.split() if "=" in field)
+        if fields.get("JobState") in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
+            return int(fields["ExitCode"].split(":")[0])
+        time.sleep(0.5)
+    raise AssertionError(f"batch job {job} still running after {timeout:.0f} s")
+
+
 def steps_left(cluster) -> list[str]:
     done = subprocess.run(["squeue", "-h", "-s", "-o", "%i %j"], env=cluster.env, capture_output=True, text=True,
                           timeout=30)
@@ -177,8 +195,8 @@ def test_launch_in_a_salloc_allocation_trains_on_both_nodes_through_srun(tmp_pat
     each node's part is copied to it with srun (--stage-shards) and its processes start with srun."""
     ws = tmp_path / "ws"
     argv = ["salloc", "--nodes=2", "--quiet", *LAUNCH, "--shards", str(pubmed2), "--stage-shards",
-            "--workspace", str(ws), "--master-port", str(free_port()), "--metrics-port", "0", "--stop-grace", "5",
-            "--", "train", *TRAIN, "--predict-out", str(tmp_path / "pred")]
+            "--workspace", str(ws), "--master-port", str(free_port()), "--metrics-port", "auto",
+            "--metrics-linger", "0", "--stop-grace", "5", "--", "train", *TRAIN, "--predict-out", str(tmp_path / "pred")]
     done = subprocess.run(argv, env=slurm_env(slurm_cluster), capture_output=True, text=True,
                           timeout=SLURM_TIMEOUT_S, stdin=subprocess.DEVNULL)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -186,10 +204,15 @@ def test_launch_in_a_salloc_allocation_trains_on_both_nodes_through_srun(tmp_pat
     plan = json.loads((run / "plan.json").read_text())
     assert [h["node"] for h in plan["hosts"]] == slurm_cluster.nodes
     assert [h["address"] for h in plan["hosts"]] == [h.address for h in slurm_cluster.emu.hosts]
-    assert (run / "shards" / "part-00001").is_dir()  # staged through srun
+    assert (run / "shards" / "parts" / "part-00001.json").is_file()  # staged through srun
     logs = runlog.read_run(run)
     assert len(logs) == 2 and all(log.summary is not None for log in logs)
     assert logs[0].summary.test_acc > 0.5, logs[0].summary  # chance on PubMed is 0.41
+    # every process served its /metrics on its node's address, as over ssh
+    for i, host in enumerate(slurm_cluster.emu.hosts):
+        for role in ("server", "trainer"):
+            assert f"[{host.address} {role} {i}] distgnn-metrics: serving role={role} rank={i} addr={host.address}" \
+                in done.stdout, done.stdout[-3000:]
     assert wait_gone(run) == []
     assert steps_left(slurm_cluster) == []
 
@@ -200,13 +223,12 @@ def test_sbatch_script_partitions_and_launches(tmp_path, slurm_cluster):
     (an emulated host), partitions PubMed into one part per node and launches there."""
     ws = tmp_path / "ws"
     out = tmp_path / "job.out"
-    argv = ["sbatch", "--wait", "--nodes=2", f"--output={out}", f"--chdir={tmp_path}",
-            str(REPO / "deploy" / "slurm" / "distgnn.sbatch"), "--graph", str(PUBMED), "--workspace", str(ws),
-            "--metrics-port", "0", "--stop-grace", "5", "--", "train", *TRAIN]
-    done = subprocess.run(argv, env=slurm_env(slurm_cluster), capture_output=True, text=True,
-                          timeout=SLURM_TIMEOUT_S, stdin=subprocess.DEVNULL)
+    code = run_batch(slurm_cluster, [
+        "--nodes=2", f"--output={out}", f"--chdir={tmp_path}", str(REPO / "deploy" / "slurm" / "distgnn.sbatch"),
+        "--graph", str(PUBMED), "--workspace", str(ws), "--metrics-port", "0", "--stop-grace", "5",
+        "--", "train", *TRAIN, "--epochs", "2"])
     log = out.read_text() if out.exists() else "(no job output)"
-    assert done.returncode == 0, done.stderr[-2000:] + log[-4000:]
+    assert code == 0, log[-4000:]
     assert "partitioning" in log and "into 2 parts" in log, log[-3000:]
     assert "succeeded" in log, log[-3000:]
     assert (ws / "shards" / "pubmed-2parts" / "manifest.json").exists()
@@ -220,11 +242,9 @@ def test_sbatch_script_partitions_and_launches(tmp_path, slurm_cluster):
 @pytest.mark.netns
 def test_sbatch_script_bad_input_is_one_line(tmp_path, slurm_cluster):
     out = tmp_path / "job.out"
-    argv = ["sbatch", "--wait", "--nodes=1", f"--output={out}", f"--chdir={tmp_path}",
-            str(REPO / "deploy" / "slurm" / "distgnn.sbatch"), "--graph", str(PUBMED)]
-    done = subprocess.run(argv, env=slurm_env(slurm_cluster), capture_output=True, text=True,
-                          timeout=SLURM_TIMEOUT_S, stdin=subprocess.DEVNULL)
-    assert done.returncode == 2, done.stderr
+    code = run_batch(slurm_cluster, ["--nodes=1", f"--output={out}", f"--chdir={tmp_path}",
+                                     str(REPO / "deploy" / "slurm" / "distgnn.sbatch"), "--graph", str(PUBMED)])
+    assert code == 2
     assert out.read_text().strip() == "distgnn.sbatch: error: missing '-- train [train options]' after the " \
                                       "script's options"
 

@@ -29,7 +29,7 @@ def _in_neighbours(src: np.ndarray, dst: np.ndarray, n: int) -> list[list[int]]:
 def _check_against_input(graph, root, num_parts, out_dir):
     """Every node's in-neighbours, features, labels and masks, read back through DGL,
     equal the input graph's (in original ids)."""
-    configs = {to_dgl.materialize_part(shards.part_dir(root, p), out_dir) for p in range(num_parts)}
+    configs = {to_dgl.materialize_part(shards.part_ref(root, p), out_dir) for p in range(num_parts)}
     assert len(configs) == 1
     config = str(configs.pop())
     expected = _in_neighbours(graph.src, graph.dst, graph.num_nodes)
@@ -96,7 +96,7 @@ def test_config_matches_dgl_partition_graph_layout(tmp_path):
 
     graph = random_graph(num_nodes=120, num_edges=600)
     _partition(graph, tmp_path / "s", 2)
-    config_path = to_dgl.materialize_part(shards.part_dir(tmp_path / "s", 1), tmp_path / "d")
+    config_path = to_dgl.materialize_part(shards.part_ref(tmp_path / "s", 1), tmp_path / "d")
     import json
 
     config = json.loads(config_path.read_text())
@@ -113,13 +113,13 @@ def test_cached_materialize_reuses_until_the_shard_changes(tmp_path):
     from partition_graphs import random_graph
 
     _partition(random_graph(), tmp_path / "s", 2)
-    part = shards.part_dir(tmp_path / "s", 0)
+    part = shards.part_ref(tmp_path / "s", 0)
     first = to_dgl.cached_materialize(part, tmp_path / "cache")
     graph_file = first.parent / "part0" / "graph.dgl"
     stamp = graph_file.stat().st_mtime_ns
     again = to_dgl.cached_materialize(part, tmp_path / "cache")
     assert again == first and graph_file.stat().st_mtime_ns == stamp
-    os.utime(part / shards.EDGES, ns=(1, 1))  # same content, but no longer the file we built from
+    os.utime(part.table_path(shards.EDGES), ns=(1, 1))  # same content, but no longer the file we built from
     rebuilt = to_dgl.cached_materialize(part, tmp_path / "cache")
     assert rebuilt == first and graph_file.stat().st_mtime_ns != stamp
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [first.parent.name]
@@ -129,14 +129,14 @@ def test_corrupt_shard_is_refused_and_leaves_no_cache(tmp_path):
     from partition_graphs import random_graph
 
     _partition(random_graph(), tmp_path / "s", 2)
-    part = shards.part_dir(tmp_path / "s", 1)
     copy = tmp_path / "copy"
-    shutil.copytree(part, copy)
-    data = bytearray((copy / shards.NODES).read_bytes())
+    shutil.copytree(tmp_path / "s", copy)
+    part = shards.part_ref(copy, 1)
+    data = bytearray(part.table_path(shards.NODES).read_bytes())
     data[100] ^= 0x55
-    (copy / shards.NODES).write_bytes(bytes(data))
-    with pytest.raises(ShardError, match="nodes.parquet"):
-        to_dgl.cached_materialize(copy, tmp_path / "cache")
+    part.table_path(shards.NODES).write_bytes(bytes(data))
+    with pytest.raises(ShardError, match="nodes/part=1/data.parquet"):
+        to_dgl.cached_materialize(part, tmp_path / "cache")
     assert list((tmp_path / "cache").iterdir()) == []
 
 
@@ -145,7 +145,7 @@ def test_part_graph_refuses_edges_or_halo_outside_the_part(tmp_path, damage):
     from partition_graphs import random_graph
 
     _partition(random_graph(), tmp_path / "s", 2)
-    shard = shards.read_part(shards.part_dir(tmp_path / "s", 0))
+    shard = shards.read_part(shards.part_ref(tmp_path / "s", 0))
     lo, hi = shard.info.node_range
     outside = np.setdiff1d(np.arange(shard.info.num_nodes), np.arange(lo, hi))
     src = np.array(shard.edges.src)
@@ -156,6 +156,7 @@ def test_part_graph_refuses_edges_or_halo_outside_the_part(tmp_path, damage):
     else:
         shard.halo.id = np.append(shard.halo.id, shard.info.num_nodes)
     shard.edges.src = src
-    expected = "halo.parquet: a halo id is not" if damage == "halo_out_of_range" else "edges.parquet: an edge endpoint"
+    expected = "halo/part=0/data.parquet: a halo id is not" if damage == "halo_out_of_range" else \
+        "edges/part=0/data.parquet: an edge endpoint"
     with pytest.raises(ShardError, match=expected):
         to_dgl.local_graph_arrays(shard)

@@ -136,33 +136,33 @@ def run_server(args: list, timeout: float = 60) -> subprocess.CompletedProcess:
 def test_server_missing_part(shards, ip1, tmp_path):
     broken = tmp_path / "broken"
     subprocess.run(["cp", "-r", shards, broken], check=True)
-    subprocess.run(["rm", "-r", broken / "part-00000"], check=True)
+    subprocess.run(["rm", "-r", broken / "parts"], check=True)
     proc = run_server(["--shards", broken, "--part", "0", "--ip-config", ip1, "--num-clients", "1",
                        "--cache-dir", tmp_path / "cache", "--metrics-port", "0"])
-    assert_one_line_error(proc, "part-00000")
+    assert_one_line_error(proc, "parts/part-00000.json")
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
 
 
 def test_server_wrong_checksum(shards, ip1, tmp_path):
     broken = tmp_path / "broken"
     subprocess.run(["cp", "-r", shards, broken], check=True)
-    edges = broken / "part-00000" / "edges.parquet"
+    edges = broken / "edges" / "part=0" / "data.parquet"
     data = bytearray(edges.read_bytes())
     data[len(data) // 2] ^= 0xFF
     edges.write_bytes(bytes(data))
     proc = run_server(["--shards", broken, "--part", "0", "--ip-config", ip1, "--num-clients", "1",
                        "--cache-dir", tmp_path / "cache", "--metrics-port", "0"])
-    assert_one_line_error(proc, "edges.parquet", "checksum")
+    assert_one_line_error(proc, "edges/part=0/data.parquet", "checksum")
 
 
-@pytest.mark.parametrize("name", ["halo.parquet", "nodes.parquet"])
+@pytest.mark.parametrize("name", ["halo", "nodes"])
 def test_server_with_a_deleted_shard_file_names_it(shards, ip1, tmp_path, name):
     broken = tmp_path / "broken"
     subprocess.run(["cp", "-r", shards, broken], check=True)
-    (broken / "part-00000" / name).unlink()
+    (broken / name / "part=0" / "data.parquet").unlink()
     proc = run_server(["--shards", broken, "--part", "0", "--ip-config", ip1, "--num-clients", "1",
                        "--cache-dir", tmp_path / "cache", "--metrics-port", "0"])
-    assert_one_line_error(proc, f"part-00000/{name}: missing shard file")
+    assert_one_line_error(proc, f"{name}/part=0/data.parquet: missing shard file")
 
 
 def test_train_by_hand_without_graph_servers_gives_up_in_one_line(shards, ip1):

@@ -44,14 +44,18 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--workspace", type=Path, default=Path.cwd(),
                        help="folder for runs/ and caches (the same path on every host)")
     where.add_argument("--job-id", help="run name (default: time and a random suffix)")
+    where.add_argument("--resume", metavar="JOB_ID",
+                       help="continue a failed or interrupted job in its run folder, with the options it ran with "
+                            "(its config.yaml; flags given here win) from its newest checkpoint")
     where.add_argument("--python", default=sys.executable, help="Python interpreter on every host")
     where.add_argument("--dry-run", nargs="?", const="text", choices=["text", "json"], help="print the plan only")
     procs = p.add_argument_group("processes on every host")
     per_host = procs.add_mutually_exclusive_group()
     per_host.add_argument("--trainers-per-host", type=int, default=None, help="CPU trainers per host (default 1)")
-    per_host.add_argument("--gpus-per-host", type=int, default=None,
-                          help="one trainer per GPU, N GPUs per host (default 0: CPU; under Slurm, the GPUs "
-                               "the job holds on each node)")
+    per_host.add_argument("--gpus-per-host", type=gpu_count, default=None, metavar="N|auto",
+                          help="one trainer per GPU, N GPUs per host, or 'auto': as many as each host has "
+                               "(counted there before the start) (default 0: CPU; under Slurm, the GPUs the "
+                               "job holds on each node)")
     procs.add_argument("--servers-per-host", type=int, default=1, help="graph servers per host (default 1)")
     procs.add_argument("--samplers", type=int, default=0, help="sampler processes per trainer (default 0)")
     procs.add_argument("--omp-threads", type=int, default=0, help="OMP_NUM_THREADS (default: cores / processes)")
@@ -85,6 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-grace", type=float, default=10.0, help=argparse.SUPPRESS)
     p.add_argument("--server-linger", type=float, default=15.0, help=argparse.SUPPRESS)
     return p
+
+
+def gpu_count(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
 
 
 def split_train_command(argv: list[str], *, train_in_file: bool = False) -> tuple[list[str], list[str]]:
@@ -127,7 +140,8 @@ def check_train_command(ns: argparse.Namespace, train_args: list[str], on_gpu: b
     except InputError as err:
         raise InputError(f"train options: {err}") from None
     parser = train_parser()
-    resolved = configfile.resolved(parser.parse_args([*placed, *given]), parser, skip=PLACED_TRAIN_OPTIONS)
+    resolved = configfile.resolved(parser.parse_args([*placed, *given]), parser,
+                                   skip=PLACED_TRAIN_OPTIONS | {"resume"})
     from distgnn.partition import shards
     from distgnn.trainer.cluster import check_task_data
 
@@ -147,6 +161,11 @@ def read_config_file(argv: list[str]) -> tuple[list[str], list[str]]:
     from distgnn.trainer.config import build_parser as train_parser
 
     path, argv = configfile.take_config_flag(argv)
+    job = resume_job(argv)
+    if job is not None:
+        if path is not None:
+            raise InputError("--resume and --config: give one (a resume runs with the job's own config.yaml)")
+        path, argv = resume_config(argv, job)
     data = configfile.load(path) if path is not None else {}
     source = f"{configfile.FLAG} {path}"
     train_section = data.pop(configfile.TRAIN_SECTION, None)
@@ -155,7 +174,41 @@ def read_config_file(argv: list[str]) -> tuple[list[str], list[str]]:
     options, train_args = split_train_command(argv, train_in_file=train_section is not None)
     file_options = configfile.to_argv(data, build_parser(), source)
     file_train = configfile.to_argv(train_section or {}, train_parser(), f"{source}: train")
-    return file_options + options, configfile.expand(file_train + train_args, train_parser())
+    train_args = configfile.expand(file_train + train_args, train_parser())
+    if job is not None and "--resume" not in train_args:
+        train_args.append("--resume")
+    return file_options + options, train_args
+
+
+def _options_part(argv: list[str]) -> list[str]:
+    return argv[:argv.index("--")] if "--" in argv else argv
+
+
+def resume_job(argv: list[str]) -> str | None:
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--resume")
+    known, _ = pre.parse_known_args(_options_part(argv))
+    return known.resume
+
+
+def resume_config(argv: list[str], job: str) -> tuple[Path, list[str]]:
+    """The run folder's config.yaml as the --config of a resume, and argv with the job's id."""
+    from distgnn import configfile
+    from distgnn.launcher import rundir
+
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--workspace", type=Path, default=Path.cwd())
+    known, _ = pre.parse_known_args(_options_part(argv))
+    run = rundir.run_dir(known.workspace.absolute(), job)
+    path = run / configfile.RESOLVED_NAME
+    if not run.is_dir():
+        raise InputError(f"--resume {job}: no run folder {run} (see --workspace)")
+    if not path.is_file():
+        raise InputError(f"--resume {job}: {run} has no {configfile.RESOLVED_NAME} (the job ran with an older launch)")
+    status = rundir.read_status(run).get("status") if (run / "status.json").is_file() else None
+    if status == "succeeded":
+        raise InputError(f"--resume {job}: the job succeeded; there is nothing to resume")
+    return path, ["--job-id", job, *argv]
 
 
 def hosts_from_args(ns: argparse.Namespace, environ: Mapping[str, str]) -> tuple[Path | None, list[SlurmNode] | None]:
@@ -182,7 +235,7 @@ def slurm_counts(ns: argparse.Namespace, nodes: list[SlurmNode] | None) -> list[
 
 def trains_on_gpu(ns: argparse.Namespace, hosts_file: Path | None, nodes: list[SlurmNode] | None) -> bool:
     """Whether any host trains on a GPU: --gpus-per-host, a `gpus=N` host line or Slurm's GPUs."""
-    if ns.gpus_per_host:
+    if ns.gpus_per_host:  # a count, or 'auto'
         return True
     if nodes is not None:
         return any(node.gpus for node in nodes)
@@ -202,11 +255,23 @@ def config_from_args(argv: list[str], environ: Mapping[str, str] | None = None) 
     extra = {}
     from distgnn import configfile
 
-    resolved = {**configfile.resolved(ns, parser), configfile.TRAIN_SECTION: {"args": train_args}}
+    # a run's own identity stays out: the file describes the run, not this attempt of it
+    launch_options = configfile.resolved(ns, parser, skip={"resume", "job-id", "dry-run"})
+    # paths as absolute ones, so the file means the same from any folder (a resume's)
+    launch_options.update(hosts=str(hosts_file) if hosts_file is not None else slurm.HOSTS_KEYWORD,
+                          shards=str(ns.shards.absolute()), workspace=str(ns.workspace.absolute()))
+    resolved = {**launch_options, configfile.TRAIN_SECTION: {"args": train_args}}
     if ns.trainer_module:
         extra["trainer_module"] = ns.trainer_module
     else:
         resolved[configfile.TRAIN_SECTION] = check_train_command(ns, train_args, trains_on_gpu(ns, hosts_file, nodes))
+    train_options = resolved[configfile.TRAIN_SECTION]
+    checkpoint_dir = Path(train_options["checkpoint-dir"]) if "checkpoint-dir" in train_options else None
+    # (the trainer's own check has refused a resume without --checkpoint-dir)
+    if ns.resume is not None and checkpoint_dir is not None and not checkpoint_dir.is_absolute():
+        raise InputError(f"--resume {ns.resume}: --checkpoint-dir {checkpoint_dir} is relative; every host must "
+                         "find it at one path: give an absolute one")
+    collect = [Path(train_options[key]) for key in ("predict-out", "checkpoint-dir") if key in train_options]
     if ns.server_module:
         extra["server_module"] = ns.server_module
     return LaunchConfig(
@@ -219,7 +284,8 @@ def config_from_args(argv: list[str], environ: Mapping[str, str] | None = None) 
         workspace=ns.workspace.absolute(),
         stage_shards=ns.stage_shards,
         trainers_per_host=1 if ns.trainers_per_host is None else ns.trainers_per_host,
-        gpus_per_host=0 if ns.gpus_per_host is None else ns.gpus_per_host,
+        gpus_per_host=ns.gpus_per_host if isinstance(ns.gpus_per_host, int) else 0,
+        gpus_auto=ns.gpus_per_host == "auto",
         servers_per_host=ns.servers_per_host,
         samplers=ns.samplers,
         master_port=ns.master_port,
@@ -240,6 +306,9 @@ def config_from_args(argv: list[str], environ: Mapping[str, str] | None = None) 
         server_linger_s=ns.server_linger,
         hang_timeout_s=ns.hang_timeout,
         resolved=resolved,
+        resume=ns.resume is not None,
+        checkpoint_dir=checkpoint_dir,
+        collect=[folder for folder in collect if folder.is_absolute()],
         **extra,
     )
 

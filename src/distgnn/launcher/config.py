@@ -40,6 +40,8 @@ class LaunchConfig:
     """CPU trainers per host (ignored with gpus_per_host, which sets one trainer per GPU)."""
     gpus_per_host: int = 0
     """Trainers per host, one per GPU; 0 trains on CPU."""
+    gpus_auto: bool = False
+    """--gpus-per-host auto: every host trains with the GPUs it has, counted before the start."""
     servers_per_host: int = 1
     """Graph servers per host (server 0 loads the part, the others are DGL backup servers)."""
     samplers: int = 0
@@ -92,6 +94,13 @@ class LaunchConfig:
     """Module torchrun runs on every trainer (replaceable for launcher tests)."""
     server_module: str = DEFAULT_SERVER_MODULE
     """Module run as graph server (replaceable for launcher tests)."""
+    resume: bool = False
+    """`launch --resume JOB_ID`: a further attempt of an existing job, in its own run folder."""
+    checkpoint_dir: Path | None = None
+    """The train command's --checkpoint-dir (other hosts get its newest checkpoint on a resume)."""
+    collect: list[Path] = field(default_factory=list)
+    """Folders the train command writes on every host (--predict-out, --checkpoint-dir), copied
+    back to this machine when the run ends."""
     resolved: dict = field(default_factory=dict)
     """Every option as resolved from the command line and --config (written to the run
     folder as config.yaml, a valid --config file for the same run)."""

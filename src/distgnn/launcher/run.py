@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TextIO
@@ -39,6 +39,7 @@ from distgnn.ports import DEFAULT_MASTER_PORT, DEFAULT_SERVER_PORT
 PROBE_TIMEOUT_S = 90.0
 """A probe may import torch (GPU count) on a busy host."""
 STAGE_TIMEOUT_S = 3600.0
+COLLECT_TIMEOUT_S = 600.0
 
 
 def load_hosts(cfg: LaunchConfig, local: set[str], *, resolve: bool = True) -> list[HostEntry]:
@@ -68,11 +69,17 @@ def load_hosts(cfg: LaunchConfig, local: set[str], *, resolve: bool = True) -> l
     return entries
 
 
-def make_plan(cfg: LaunchConfig) -> RunPlan:
+def make_plan(cfg: LaunchConfig, probed_gpus: list[int] | None = None) -> RunPlan:
     """Read the ip_config and the shard manifest, and plan (nothing is contacted). A dry run
-    does not even resolve host names: it plans with the names and says which they are."""
+    does not even resolve host names: it plans with the names and says which they are.
+    With --gpus-per-host auto, `probed_gpus` are the hosts' counts (a host's own gpus=N
+    line still wins); without them (a dry run) the plan shows one GPU per host."""
     local = local_addresses()
     hosts = load_hosts(cfg, local, resolve=cfg.dry_run is None)
+    if cfg.gpus_auto and probed_gpus is not None:
+        hosts = [replace(h, gpus=h.gpus or count or None) for h, count in zip(hosts, probed_gpus, strict=True)]
+    elif cfg.gpus_auto:
+        cfg = replace(cfg, gpus_per_host=1)
     manifest = shards.read_manifest(cfg.shards)
     job_id = cfg.job_id or rundir.new_job_id()
     if cfg.master_port is None:
@@ -87,6 +94,19 @@ def make_plan(cfg: LaunchConfig) -> RunPlan:
         cpu_count=os.cpu_count() or 1,
         unresolved=[entry.address for entry in hosts if not is_ipv4(entry.address)],
     )
+
+
+def count_gpus(cfg: LaunchConfig) -> tuple[LaunchConfig, list[int]]:
+    """--gpus-per-host auto: ask every host how many GPUs it has (the same probe that checks
+    its ports); the job id and rendezvous port of this first plan are kept for the real one."""
+    draft = make_plan(replace(cfg, gpus_auto=False, gpus_per_host=1))
+    runners = [runner_for(cfg, draft, i) for i in range(len(draft.hosts))]
+    counts = preflight(cfg, draft, runners) or []
+    for entry, count in zip(draft.hosts, counts, strict=True):
+        if count == 0 and entry.gpus is None:
+            raise InputError(f"--gpus-per-host auto: host {entry.address} ({entry.where(cfg.hosts_source)}) has no "
+                             "GPU; a job trains on GPUs on every host or on none")
+    return replace(cfg, job_id=draft.job_id, master_port=draft.master_port), counts
 
 
 def rendezvous_port(first: HostEntry, local: set[str]) -> int:
@@ -201,32 +221,43 @@ def stage_files(plan: RunPlan, index: int) -> list[tuple[Path, str]]:
 
     The ip_config goes to every remote host; with staged shards, a host gets the manifest,
     link prediction's held-out pairs when the shards have them (every trainer scores its
-    share), and its own part folder only."""
+    share), and its own part's info file and table files only."""
     files: list[tuple[Path, str]] = []
     if not plan.host_is_local(index):
         files.append((plan.ip_config_path, plan.ip_config_path.name))
     if plan.stage_shards:
         root, staged = plan.shards_source, plan.shards_path.relative_to(plan.run_dir)
-        part = shards.part_dir(root, index)
         files.append((root / shards.MANIFEST, str(staged / shards.MANIFEST)))
         files += [(root / name, str(staged / name)) for name in shards.LINK_FILES.values() if (root / name).exists()]
-        files.append((part, str(staged / part.relative_to(root))))
+        files += [(path, str(staged / path.relative_to(root))) for path in shards.part_ref(root, index).files()]
     return files
 
 
 def stage(cfg: LaunchConfig, plan: RunPlan, runners: list[Runner]) -> None:
-    """Give every host the run's ip_config and, with --stage-shards, its own part only."""
+    """Give every host the run's ip_config and, with --stage-shards, its own part only.
+    A host that sees this machine's run folder (a shared filesystem) gets its files by a
+    copy made here, once: hosts extracting the same file into one shared folder at once
+    could interleave their writes."""
 
-    def one(index: int) -> None:
+    def shared(index: int) -> bool:
+        try:
+            return runners[index].shares_folder(plan.run_dir, timeout=STAGE_TIMEOUT_S)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise InputError(f"host {plan.hosts[index].address}: staging failed: {exc}") from None
+
+    def one(index: int, runner: Runner) -> None:
         files = stage_files(plan, index)
         if files:
             try:
-                runners[index].put_files(files, plan.run_dir, timeout=STAGE_TIMEOUT_S)
+                runner.put_files(files, plan.run_dir, timeout=STAGE_TIMEOUT_S)
             except OSError as exc:
                 raise InputError(f"host {plan.hosts[index].address}: staging failed: {exc}") from None
 
     with ThreadPoolExecutor(max_workers=min(16, len(runners))) as pool:
-        for future in [pool.submit(one, i) for i in range(len(runners))]:
+        here = list(pool.map(shared, range(len(runners))))
+        for index in (i for i in range(len(runners)) if here[i]):
+            one(index, LocalRunner(host=plan.hosts[index].address))
+        for future in [pool.submit(one, i, runners[i]) for i in range(len(runners)) if not here[i]]:
             future.result()
 
 
@@ -267,31 +298,123 @@ def execute(
 def launch(cfg: LaunchConfig, *, out: TextIO | None = None, err: TextIO | None = None) -> int:
     """Run one launch; return the exit status (0 ok, 1 failed, 128+N stopped by signal N)."""
     out, err = out or sys.stdout, err or sys.stderr
-    plan = make_plan(cfg)
+    probed = None
+    if cfg.gpus_auto and cfg.dry_run is None:
+        cfg, probed = count_gpus(cfg)
+    plan = make_plan(cfg, probed)
+    if cfg.gpus_auto and cfg.dry_run is not None:
+        err.write("launch: --gpus-per-host auto counts each host's GPUs at the start; this plan shows one per host\n")
     if cfg.dry_run == "json":
         out.write(json.dumps(plan_to_json(plan), indent=2) + "\n")
         return 0
     if cfg.dry_run == "text":
         out.write(format_plan(plan) + "\n")
         return 0
-    if plan.run_dir.exists():
-        raise InputError(f"--job-id {plan.job_id}: run folder {plan.run_dir} already exists")
+    if plan.run_dir.exists() and not cfg.resume:
+        raise InputError(f"--job-id {plan.job_id}: run folder {plan.run_dir} already exists "
+                         f"(launch --resume {plan.job_id} continues it)")
     runners = [runner_for(cfg, plan, i) for i in range(len(plan.hosts))]
     gpu_counts = preflight(cfg, plan, runners)
     if gpu_counts is not None:
         check_gpus(cfg, plan.hosts, gpu_counts, plan.host_trainers)
+    if cfg.resume:
+        prepare_resume(cfg, plan, runners, out)
     # Before the run folder is written and anything started: a taken launcher port or an
     # unwritable targets file is bad input like any other.
     monitor = start_monitor(cfg.metrics_port, cfg.metrics_addr, plan, err)
     try:
         result = run_started(cfg, plan, runners, monitor, out)
+        interrupted = collect(cfg, plan, runners, out, err)
         code = report(plan, result, out, err)
-        if monitor.active and result.status != "interrupted":
+        if monitor.active and result.status != "interrupted" and not interrupted:
             # Whoever pressed Ctrl-C wants out; otherwise let a last scrape see how the run ended.
             linger(cfg.metrics_linger_s, out)
         return code
     finally:
         monitor.close()
+
+
+def collect(cfg: LaunchConfig, plan: RunPlan, runners: list[Runner], out: TextIO, err: TextIO) -> bool:
+    """Bring every other host's share of the run to this machine, however the run ended:
+    its run logs and torchrun's logs (the run folder's logs/), and the train command's
+    output folders (predictions, checkpoints). Hosts need not share a filesystem; a host
+    that cannot be reached costs a line, not the run's result. Ctrl-C or SIGTERM ends the
+    wait for it (returns True: the caller skips its linger too); no new copy starts, and
+    one under way ends on its own before the process exits."""
+    remote = [i for i in range(len(plan.hosts)) if not plan.host_is_local(i)]
+    if not remote:
+        return False
+    folders = [rundir.logs_dir(plan.run_dir), *cfg.collect]
+    problems: list[str] = []
+    stop = threading.Event()
+
+    def one(index: int) -> int:
+        got = 0
+        for folder in folders:
+            if stop.is_set():
+                break
+            try:
+                if not runners[index].shares_folder(folder, timeout=COLLECT_TIMEOUT_S):
+                    got += runners[index].get_folder(folder, folder, timeout=COLLECT_TIMEOUT_S)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                problems.append(str(exc))
+        return got
+
+    previous = _on_stop_signals(stop.set)
+    pool = ThreadPoolExecutor(max_workers=min(16, len(remote)))
+    try:
+        futures = [pool.submit(one, i) for i in remote]
+        while not stop.is_set() and not all(f.done() for f in futures):
+            wait(futures, timeout=0.2)
+    finally:
+        pool.shutdown(wait=not stop.is_set(), cancel_futures=True)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if stop.is_set():
+        out.write("launch: stopped copying files back from the other hosts (signal received)\n")
+        return True
+    copied = sum(f.result() for f in futures)
+    if copied:
+        out.write(f"launch: copied {copied} folder(s) back from {len(remote)} other host(s) into "
+                  f"{', '.join(str(f) for f in folders)}\n")
+    for problem in problems:
+        err.write(f"launch: warning: {problem}\n")
+    return False
+
+
+def _on_stop_signals(handler) -> dict:
+    """Route SIGINT and SIGTERM to `handler`; the previous handlers (none off the main thread)."""
+    try:
+        return {sig: signal.signal(sig, lambda _s, _f: handler()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:
+        return {}
+
+
+def prepare_resume(cfg: LaunchConfig, plan: RunPlan, runners: list[Runner], out: TextIO) -> None:
+    """Before a resumed attempt: keep the last attempt's records in the run folder, clear the
+    hosts' copies of its logs (they are here already) and give every other host the newest
+    complete checkpoint, which only rank 0's host wrote."""
+    from distgnn.trainer.checkpoint import shared_files
+
+    files = shared_files(cfg.checkpoint_dir) if cfg.checkpoint_dir is not None else []
+    if cfg.checkpoint_dir is not None and not files:
+        raise InputError(f"--resume {plan.job_id}: no complete checkpoint in {cfg.checkpoint_dir} on this machine")
+    attempt = rundir.archive_attempt(plan.run_dir)
+    out.write(f"launch: resuming job {plan.job_id}; the last attempt's records are in {attempt}\n")
+    logs = str(rundir.logs_dir(plan.run_dir))
+
+    def one(index: int) -> None:
+        runner = runners[index]
+        try:
+            runner.capture(["rm", "-rf", logs], timeout=COLLECT_TIMEOUT_S)
+            if files and not runner.shares_folder(cfg.checkpoint_dir, timeout=COLLECT_TIMEOUT_S):
+                runner.put_files([(f, f.name) for f in files], cfg.checkpoint_dir, timeout=STAGE_TIMEOUT_S)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise InputError(f"host {plan.hosts[index].address}: preparing the resume failed: {exc}") from None
+
+    with ThreadPoolExecutor(max_workers=min(16, len(runners))) as pool:
+        for future in [pool.submit(one, i) for i in range(len(runners)) if not plan.host_is_local(i)]:
+            future.result()
 
 
 def run_started(

@@ -7,6 +7,8 @@
                     /tmp/torchelastic_* folder per run, never removed)
     shards/         this host's part, when shards are staged
     status.json     the final RunResult, written when the run ends
+    config.yaml     every option as resolved (a --config file; `launch --resume` reads it)
+    attempt-N/      the records of attempt N of a resumed job (logs/, plan, status, config)
     prometheus/targets.json   the run's /metrics endpoints (distgnn.metrics owns the format and
                     the path, file_sd_path; launcher/monitor.py keeps it current)
 """
@@ -32,8 +34,12 @@ def run_dir(workspace: Path, job_id: str) -> Path:
     return workspace / "runs" / job_id
 
 
+def logs_dir(run: Path) -> Path:
+    return run / "logs"
+
+
 def log_path(run: Path, host: str, role: str, rank: int) -> Path:
-    return run / "logs" / f"{host}-{role}-{rank}.log"
+    return logs_dir(run) / f"{host}-{role}-{rank}.log"
 
 
 def torchrun_log_dir(run: Path, host: str) -> Path:
@@ -68,6 +74,28 @@ def read_plan(run: Path) -> dict:
 
 def write_status(run: Path, status_json: dict) -> None:
     write_json(run / "status.json", {"format": STATUS_FORMAT, **status_json})
+
+
+ATTEMPT_RECORDS = ("logs", "plan.json", "status.json", "ip_config.txt", "prometheus")
+KEPT_RECORDS = ("config.yaml",)
+"""Copied, not moved: a further resume reads it even if this attempt fails before writing its own."""
+
+
+def archive_attempt(run: Path) -> Path:
+    """Move the records of the run's last attempt into run/attempt-N/ (N = 1, 2, ...), so a
+    resumed attempt starts with fresh logs and both stay readable."""
+    import shutil
+
+    number = 1 + sum(1 for p in run.glob("attempt-*") if p.is_dir())
+    attempt = run / f"attempt-{number}"
+    attempt.mkdir()
+    for name in ATTEMPT_RECORDS:
+        if (run / name).exists():
+            (run / name).rename(attempt / name)
+    for name in KEPT_RECORDS:
+        if (run / name).exists():
+            shutil.copy2(run / name, attempt / name)
+    return attempt
 
 
 def read_status(run: Path) -> dict:

@@ -11,12 +11,14 @@ and why nothing is left behind when the launcher itself dies.
 from __future__ import annotations
 
 import os
+import secrets
 import shlex
 import shutil
 import signal
 import subprocess
 import tarfile
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Protocol
@@ -41,6 +43,8 @@ class Runner(Protocol):
     def start(self, spec: ProcessSpec) -> Running: ...
     def capture(self, argv: list[str], *, timeout: float) -> subprocess.CompletedProcess: ...
     def put_files(self, files: list[tuple[Path, str]], dest: Path, *, timeout: float) -> None: ...
+    def get_folder(self, source: Path, dest: Path, *, timeout: float) -> bool: ...
+    def shares_folder(self, folder: Path, *, timeout: float) -> bool: ...
 
 
 def killpg(pgid: int, sig: int) -> None:
@@ -139,6 +143,17 @@ class LocalRunner:
             elif source.resolve() != target.resolve():
                 shutil.copy2(source, target)
 
+    def shares_folder(self, folder: Path, *, timeout: float) -> bool:
+        return True
+
+    def get_folder(self, source: Path, dest: Path, *, timeout: float) -> bool:
+        """This machine's folder is already here when it is the same path."""
+        if not source.is_dir():
+            return False
+        if source.resolve() != dest.resolve():
+            shutil.copytree(source, dest, dirs_exist_ok=True)
+        return True
+
 
 @dataclass
 class RemoteProcess:
@@ -222,6 +237,49 @@ class CommandRunner:
                 why = _last_line(err.read().decode(errors="replace"))
                 raise OSError(f"host {self.host}: copying to {dest} failed: {why}")
 
+    def shares_folder(self, folder: Path, *, timeout: float) -> bool:
+        """Whether the host sees this machine's `folder` itself (a shared filesystem, or the
+        emulated hosts of the tests): a marker file made here is visible there. Copying a
+        folder onto itself would truncate files while they are being read."""
+        folder.mkdir(parents=True, exist_ok=True)
+        marker = folder / f".distgnn-shared-{secrets.token_hex(8)}"
+        marker.touch()
+        try:
+            done = self.capture(["test", "-e", str(marker)], timeout=timeout)
+        finally:
+            marker.unlink(missing_ok=True)
+        if done.returncode not in (0, 1):
+            raise OSError(f"host {self.host}: cannot look at {folder}: {_last_line(done.stderr)}")
+        return done.returncode == 0
+
+    def get_folder(self, source: Path, dest: Path, *, timeout: float) -> bool:
+        """Copy the host's folder `source` into this machine's `dest` (merged into what is
+        there); False when the host has no such folder."""
+        probe = self.capture(["test", "-d", str(source)], timeout=timeout)
+        if probe.returncode != 0:
+            if probe.returncode == 1:
+                return False
+            raise OSError(f"host {self.host}: cannot look at {source}: {_last_line(probe.stderr)}")
+        with tempfile.TemporaryFile() as err:
+            proc = subprocess.Popen(self.remote_argv(["tar", "-c", "-f", "-", "-C", str(source), "."]),
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
+            timer = threading.Timer(timeout, proc.kill)
+            timer.start()
+            try:
+                _read_tar(proc.stdout, dest)
+            except (tarfile.TarError, OSError) as exc:
+                proc.kill()
+                raise OSError(f"host {self.host}: copying {source} back failed: {exc}") from None
+            finally:
+                timer.cancel()
+                proc.stdout.close()
+                proc.wait()
+            if proc.returncode != 0:
+                err.seek(0)
+                why = _last_line(err.read().decode(errors="replace"))
+                raise OSError(f"host {self.host}: copying {source} back failed: {why}")
+        return True
+
 
 @dataclass
 class SshRunner(CommandRunner):
@@ -268,6 +326,14 @@ class SrunRunner(CommandRunner):
         from distgnn.launcher.slurm import srun_argv
 
         return srun_argv(self.job_id, self.node, argv)
+
+
+def _read_tar(stream: IO[bytes], dest: Path) -> None:
+    """Unpack a streamed archive under `dest`; the 'data' filter refuses absolute names,
+    '..', links out of `dest` and device files, so a host cannot write outside it."""
+    dest.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=stream, mode="r|") as tar:
+        tar.extractall(dest, filter="data")
 
 
 def _write_tar(stream: IO[bytes], files: list[tuple[Path, str]]) -> None:

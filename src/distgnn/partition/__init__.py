@@ -6,9 +6,10 @@ from distgnn.partition.shards import (
     Manifest,
     PartInfo,
     PartShard,
-    part_dir,
+    PartRef,
+    part_ref,
     read_manifest,
     read_part,
 )
 
-__all__ = ["FORMAT_VERSION", "Manifest", "PartInfo", "PartShard", "part_dir", "read_manifest", "read_part"]
+__all__ = ["FORMAT_VERSION", "Manifest", "PartInfo", "PartShard", "PartRef", "part_ref", "read_manifest", "read_part"]

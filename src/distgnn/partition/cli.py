@@ -20,24 +20,30 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Partition a graph into Parquet shards (one per machine) with METIS.",
     )
-    parser.add_argument("--graph", required=True, help="graph source: a Parquet graph folder, an edge list, a .dgl file or synthetic:...")
-    parser.add_argument("--num-parts", type=int, required=True, help="number of parts (one per machine)")
-    parser.add_argument("--out", type=Path, required=True, help="partition folder to create")
-    parser.add_argument("--method", default="metis", choices=METHODS, help="metis (default) or random")
-    parser.add_argument("--seed", type=int, default=0, help="seed for METIS or the random assignment (default 0)")
-    parser.add_argument("--metis-niter", type=int, default=1, help="METIS refinement iterations per level (default 1, as DGL)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out once the new one is complete")
-    parser.add_argument("--quiet", action="store_true", help="no progress lines, no printed report")
-    parser.add_argument("--dry-run", action="store_true", help="print the path, estimated peak memory and disk space, then exit")
-    parser.add_argument("--memory-budget", metavar="SIZE",
-                        help="most memory the run may hold, e.g. 768MiB or 16GiB (default: 75%% of the memory "
-                             "available); a graph that does not fit is streamed through --tmp-dir")
-    parser.add_argument("--link-split", metavar="TRAIN,VAL,TEST",
-                        help="for link prediction: split the edges (e.g. 0.85,0.05,0.1, seeded by --seed); only "
-                             "training edges stay in the graph, validation and test pairs are stored with fixed "
-                             "negatives (default: no split)")
-    parser.add_argument("--tmp-dir", type=Path, metavar="DIR",
-                        help="folder for temporary files when streaming (default: beside --out); removed at the end")
+    io = parser.add_argument_group("input and output")
+    io.add_argument("--graph", required=True,
+                    help="graph source: a Parquet graph folder, an edge list, a .dgl file or synthetic:...")
+    io.add_argument("--num-parts", type=int, required=True, help="number of parts (one per machine)")
+    io.add_argument("--out", type=Path, required=True, help="partition folder to create")
+    io.add_argument("--overwrite", action="store_true", help="replace an existing --out once the new one is complete")
+    io.add_argument("--link-split", metavar="TRAIN,VAL,TEST",
+                    help="for link prediction: split the edges (e.g. 0.85,0.05,0.1, seeded by --seed); only "
+                         "training edges stay in the graph, validation and test pairs are stored with fixed "
+                         "negatives (default: no split)")
+    how = parser.add_argument_group("partitioning")
+    how.add_argument("--method", default="metis", choices=METHODS, help="metis (default) or random")
+    how.add_argument("--seed", type=int, default=0, help="seed for METIS or the random assignment (default 0)")
+    how.add_argument("--metis-niter", type=int, default=1,
+                     help="METIS refinement iterations per level (default 1, as DGL)")
+    room = parser.add_argument_group("memory, disk and output")
+    room.add_argument("--memory-budget", metavar="SIZE",
+                      help="most memory the run may hold, e.g. 768MiB or 16GiB (default: 75%% of the memory "
+                           "available); a graph that does not fit is streamed through --tmp-dir")
+    room.add_argument("--tmp-dir", type=Path, metavar="DIR",
+                      help="folder for temporary files when streaming (default: beside --out); removed at the end")
+    room.add_argument("--dry-run", action="store_true",
+                      help="print the path, estimated peak memory and disk space, then exit")
+    room.add_argument("--quiet", action="store_true", help="no progress lines, no printed report")
     return parser
 
 

@@ -238,11 +238,11 @@ def part_arrays(graph: GraphData, layout: Layout, p: int):
     edges = PartEdges(
         src=src, dst=dst,
         eid=np.concatenate([np.arange(elo, ehi, dtype=np.int64), out_eid]),
-        inner=np.arange(src.shape[0]) < n_inner,
+        in_part=np.arange(src.shape[0]) < n_inner,
     )
     inner_src = src[:n_inner]
     foreign = np.concatenate([inner_src[(inner_src < lo) | (inner_src >= hi)], dst[n_inner:]])
     halo_id = np.unique(foreign)
     halo_orig = layout.node_order[halo_id]
-    halo = PartHalo(id=halo_id, orig_id=halo_orig, part=layout.part[halo_orig].astype(np.int64))
+    halo = PartHalo(id=halo_id, orig_id=halo_orig, owner=layout.part[halo_orig].astype(np.int64))
     return nodes, edges, halo

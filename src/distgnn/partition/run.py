@@ -342,7 +342,7 @@ def write_link_pairs(staged: Path, links, new_id: np.ndarray) -> dict[str, str]:
 
 
 def write_parts(graph: GraphData, layout: plan.Layout, base: shards.PartInfo, staged: Path) -> tuple[list[dict], dict[str, str]]:
-    """Write every part folder and the assignment; returns per-part statistics and the
+    """Write every part's tables and info file, and the assignment; returns per-part statistics and the
     checksums computed on the way (relative path -> sha256).
 
     Two parts are written at a time: NumPy gathers, Parquet encoding and sha256 all
@@ -352,8 +352,8 @@ def write_parts(graph: GraphData, layout: plan.Layout, base: shards.PartInfo, st
 
     def one(p: int) -> tuple[dict, dict[str, str]]:
         nodes, edges, halo = plan.part_arrays(graph, layout, p)
-        folder = shards.part_dir(staged, p)
-        written = shards.write_part(folder, replace(base, part_id=p), nodes, edges, halo)
+        ref = shards.part_ref(staged, p)
+        written = shards.write_part(ref, replace(base, part_id=p), nodes, edges, halo)
         owned = layout.edge_ranges[p][1] - layout.edge_ranges[p][0]
         train = nodes.masks.get("train_mask")
         row = {
@@ -364,7 +364,8 @@ def write_parts(graph: GraphData, layout: plan.Layout, base: shards.PartInfo, st
             "halo_nodes": int(halo.id.shape[0]),
             "train_nodes": int(train.sum()) if train is not None else 0,
         }
-        return row, {f"{folder.name}/{name}": meta["sha256"] for name, meta in written.files.items()}
+        return row, {ref.table_path(table).relative_to(staged).as_posix(): meta["sha256"]
+                     for table, meta in written.files.items()}
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         assignment = pool.submit(shards.write_assignment, staged, layout.new_id, layout.part)
@@ -396,7 +397,7 @@ def _manifest_data(graph: GraphData, config: PartitionConfig, base: shards.PartI
         "node_ranges": [list(r) for r in base.node_ranges],
         "edge_ranges": [list(r) for r in base.edge_ranges],
         "parts": [
-            {**row, "folder": shards.part_dir(".", row["part"]).name} for row in report["parts"]
+            {**row, "info": shards.part_ref(Path(), row["part"]).info_path.as_posix()} for row in report["parts"]
         ],
         "report": {k: report[k] for k in ("edge_cut", "balance", "phases", "seconds", "coarsening",
                                           "temp_disk_bytes") if k in report},

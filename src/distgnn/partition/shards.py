@@ -1,19 +1,24 @@
 """The shard format: the only module that writes or reads a partition folder.
 
-Layout of a partition folder ROOT (FORMAT_VERSION 1):
+Layout of a partition folder ROOT (FORMAT_VERSION 2). Each per-part table is an Arrow
+dataset with the part as a hive partition column, so any Arrow tool reads a whole table,
+e.g. `pyarrow.dataset.dataset(ROOT / "nodes", partitioning="hive")` or DuckDB's
+`read_parquet('ROOT/edges/*/*.parquet', hive_partitioning=true)`:
 
     ROOT/manifest.json          whole-run facts: counts, ranges, schema, statistics,
                                 sha256 of every file, versions, command
     ROOT/assignment.parquet     orig_id -> new_id, part (sorted by orig_id)
-    ROOT/part-00000/part.json   everything a host needs about the whole partitioning
+    ROOT/parts/part-00000.json  everything a host needs about the whole partitioning
                                 (all parts' ranges, schema) plus this part's checksums
-    ROOT/part-00000/nodes.parquet  id, orig_id, [feat, label, masks]: the part's own nodes
-    ROOT/part-00000/edges.parquet  src, dst, eid, inner: the part's edges (dst inside,
-                                inner=True, eid = the part's edge range in order), then the
-                                edges from this part's nodes into other parts (inner=False)
-    ROOT/part-00000/halo.parquet   id, orig_id, part: the other parts' nodes those edges touch
+    ROOT/nodes/part=0/data.parquet  id, orig_id, [feat, label, target, masks]: the part's nodes
+    ROOT/edges/part=0/data.parquet  src, dst, eid, in_part: the part's edges (dst inside,
+                                in_part=true, eid = the part's edge range in order), then the
+                                edges from this part's nodes into other parts (in_part=false)
+    ROOT/halo/part=0/data.parquet   id, orig_id, owner: the other parts' nodes those edges
+                                touch, and the part that owns each
 
 Node ids are the renumbered global ids: part p owns [node_ranges[p][0], node_ranges[p][1]).
+Format 1 (part-NNNNN/ folders) is refused with a line saying to re-partition.
 """
 
 from __future__ import annotations
@@ -31,14 +36,16 @@ import pyarrow.parquet as pq
 from distgnn.errors import ShardError
 from distgnn.graph.data import MASK_NAMES
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 ASSIGNMENT = "assignment.parquet"
-PART_INFO = "part.json"
-NODES = "nodes.parquet"
-EDGES = "edges.parquet"
-HALO = "halo.parquet"
-PART_FILES = (NODES, EDGES, HALO)
+PARTS_DIR = "parts"
+DATA_FILE = "data.parquet"
+NODES = "nodes"
+EDGES = "edges"
+HALO = "halo"
+PART_TABLES = (NODES, EDGES, HALO)
+"""The per-part tables, each a hive-partitioned folder ROOT/<table>/part=<p>/."""
 LINK_FILES = {"val": "link_val.parquet", "test": "link_test.parquet"}
 """Link prediction's held-out pairs (partition --link-split), at the root: src, dst (new ids)
 and neg, the fixed negative destinations of each pair."""
@@ -47,9 +54,35 @@ _HASH_CHUNK = 8 << 20
 _WRITE_BATCH_ROWS = 1 << 16
 
 
-def part_dir(root: str | os.PathLike, part: int) -> Path:
-    """The folder of part `part` under a partition folder (the one place its name is built)."""
-    return Path(root) / f"part-{part:05d}"
+@dataclass(frozen=True)
+class PartRef:
+    """Where one part's files lie in a partition folder (the one place their names are built)."""
+
+    root: Path
+    part: int
+
+    @property
+    def info_path(self) -> Path:
+        return self.root / PARTS_DIR / f"part-{self.part:05d}.json"
+
+    def table_path(self, table: str) -> Path:
+        return self.root / table / f"part={self.part}" / DATA_FILE
+
+    def files(self) -> list[Path]:
+        """The part's info file and its table files."""
+        return [self.info_path, *(self.table_path(t) for t in PART_TABLES)]
+
+    def make_dirs(self) -> None:
+        self.info_path.parent.mkdir(parents=True, exist_ok=True)
+        for table in PART_TABLES:
+            self.table_path(table).parent.mkdir(parents=True, exist_ok=False)
+
+    def __str__(self) -> str:
+        return f"{self.root} part {self.part}"
+
+
+def part_ref(root: str | os.PathLike, part: int) -> PartRef:
+    return PartRef(Path(root), part)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -148,28 +181,29 @@ class PartNodes:
 
 @dataclass(kw_only=True)
 class PartEdges:
-    """Inner edges first (eid = the part's edge range, ascending), then outgoing ones."""
+    """The part's own edges first (in_part; eid = the part's edge range, ascending), then
+    its edges into other parts."""
 
     src: np.ndarray
     dst: np.ndarray
     eid: np.ndarray
-    inner: np.ndarray
+    in_part: np.ndarray
 
 
 @dataclass(kw_only=True)
 class PartHalo:
-    """Other parts' nodes adjacent to this part, ascending by global id."""
+    """Other parts' nodes adjacent to this part, ascending by global id, with their owner part."""
 
     id: np.ndarray
     orig_id: np.ndarray
-    part: np.ndarray
+    owner: np.ndarray
 
 
 @dataclass(kw_only=True)
 class PartShard:
-    """One part folder read back. Arrays come from Arrow and may be read-only."""
+    """One part read back. Arrays come from Arrow and may be read-only."""
 
-    folder: Path
+    ref: PartRef
     info: PartInfo
     nodes: PartNodes
     edges: PartEdges
@@ -191,8 +225,8 @@ class Manifest:
     files: dict[str, str]
     data: dict
 
-    def part_dir(self, part: int) -> Path:
-        return part_dir(self.root, part)
+    def part_ref(self, part: int) -> PartRef:
+        return part_ref(self.root, part)
 
 
 # ---------------------------------------------------------------- hashing
@@ -279,19 +313,19 @@ def nodes_schema(schema: FeatureSchema) -> pa.Schema:
     return pa.schema(fields)
 
 
-EDGES_SCHEMA = pa.schema([("src", pa.int64()), ("dst", pa.int64()), ("eid", pa.int64()), ("inner", pa.bool_())])
-HALO_SCHEMA = pa.schema([("id", pa.int64()), ("orig_id", pa.int64()), ("part", pa.int32())])
+EDGES_SCHEMA = pa.schema([("src", pa.int64()), ("dst", pa.int64()), ("eid", pa.int64()), ("in_part", pa.bool_())])
+HALO_SCHEMA = pa.schema([("id", pa.int64()), ("orig_id", pa.int64()), ("owner", pa.int32())])
 ASSIGNMENT_SCHEMA = pa.schema([("orig_id", pa.int64()), ("new_id", pa.int64()), ("part", pa.int32())])
 
 
 def edges_table(edges: PartEdges) -> pa.Table:
     return pa.Table.from_arrays([pa.array(edges.src), pa.array(edges.dst), pa.array(edges.eid),
-                                 pa.array(edges.inner)], schema=EDGES_SCHEMA)
+                                 pa.array(edges.in_part)], schema=EDGES_SCHEMA)
 
 
 def halo_table(halo: PartHalo) -> pa.Table:
     return pa.Table.from_arrays([pa.array(halo.id), pa.array(halo.orig_id),
-                                 pa.array(halo.part.astype(np.int32, copy=False))], schema=HALO_SCHEMA)
+                                 pa.array(halo.owner.astype(np.int32, copy=False))], schema=HALO_SCHEMA)
 
 
 def assignment_table(orig_id: np.ndarray, new_id: np.ndarray, part: np.ndarray) -> pa.Table:
@@ -299,20 +333,20 @@ def assignment_table(orig_id: np.ndarray, new_id: np.ndarray, part: np.ndarray) 
                                  pa.array(part.astype(np.int32, copy=False))], schema=ASSIGNMENT_SCHEMA)
 
 
-def write_part(folder: Path, info: PartInfo, nodes: PartNodes, edges: PartEdges, halo: PartHalo) -> PartInfo:
-    """Write one part folder; returns `info` with the files' checksums filled in."""
-    folder.mkdir(parents=True, exist_ok=False)
+def write_part(ref: PartRef, info: PartInfo, nodes: PartNodes, edges: PartEdges, halo: PartHalo) -> PartInfo:
+    """Write one part's tables and info file; returns `info` with the files' checksums filled in."""
+    ref.make_dirs()
     files = {
-        NODES: _write_table(folder / NODES, nodes_table(nodes)),
-        EDGES: _write_table(folder / EDGES, edges_table(edges)),
-        HALO: _write_table(folder / HALO, halo_table(halo)),
+        NODES: _write_table(ref.table_path(NODES), nodes_table(nodes)),
+        EDGES: _write_table(ref.table_path(EDGES), edges_table(edges)),
+        HALO: _write_table(ref.table_path(HALO), halo_table(halo)),
     }
-    return write_part_info(folder, replace(info, files=files))
+    return write_part_info(ref, replace(info, files=files))
 
 
-def write_part_info(folder: Path, info: PartInfo) -> PartInfo:
-    """part.json of a part folder whose Parquet files are written (info.files filled in)."""
-    _write_json(folder / PART_INFO, info.to_json())
+def write_part_info(ref: PartRef, info: PartInfo) -> PartInfo:
+    """The info file of a part whose tables are written (info.files filled in, keyed by table)."""
+    _write_json(ref.info_path, info.to_json())
     return info
 
 
@@ -420,6 +454,9 @@ def _load_json(path: Path, what: str) -> dict:
     if not isinstance(data, dict):
         raise ShardError(f"{path}: {what} is not a JSON object")
     version = data.get("format_version")
+    if isinstance(version, int) and version < FORMAT_VERSION:
+        raise ShardError(f"{path}: shard format {version}, written by an older distgnn; this one reads format "
+                         f"{FORMAT_VERSION}: partition the graph again")
     if version != FORMAT_VERSION:
         raise ShardError(f"{path}: format_version {version!r} is not {FORMAT_VERSION}")
     return data
@@ -445,26 +482,28 @@ def read_manifest(root: str | os.PathLike) -> Manifest:
         raise ShardError(f"{root / MANIFEST}: missing or bad field {err}") from None
 
 
-def read_part_info(folder: str | os.PathLike) -> PartInfo:
-    path = Path(folder) / PART_INFO
-    data = _load_json(path, "part.json")
+def read_part_info(ref: PartRef) -> PartInfo:
+    path = ref.info_path
+    if not path.exists() and (ref.root / f"part-{ref.part:05d}").is_dir():
+        raise ShardError(f"{ref.root}: shard format 1 (part-NNNNN folders), written by an older distgnn; this "
+                         f"one reads format {FORMAT_VERSION}: partition the graph again")
+    data = _load_json(path, "part info")
     try:
         return PartInfo.from_json(data)
     except (KeyError, TypeError, ValueError) as err:
         raise ShardError(f"{path}: missing or bad field {err}") from None
 
 
-def verify_part(folder: str | os.PathLike, info: PartInfo | None = None) -> None:
-    """Raise ShardError naming the first file whose sha256 differs from part.json."""
-    folder = Path(folder)
-    info = info or read_part_info(folder)
-    for name in PART_FILES:
-        path = folder / name
-        expected = info.files.get(name, {}).get("sha256")
+def verify_part(ref: PartRef, info: PartInfo | None = None) -> None:
+    """Raise ShardError naming the first file whose sha256 differs from the part's info file."""
+    info = info or read_part_info(ref)
+    for table in PART_TABLES:
+        path = ref.table_path(table)
+        expected = info.files.get(table, {}).get("sha256")
         if not path.is_file():
             raise ShardError(f"{path}: missing shard file")
         if sha256_file(path) != expected:
-            raise ShardError(f"{path}: sha256 does not match {folder / PART_INFO} (file changed or corrupt)")
+            raise ShardError(f"{path}: sha256 does not match {ref.info_path} (file changed or corrupt)")
 
 
 def _read_table(path: Path) -> pa.Table:
@@ -494,20 +533,19 @@ def _feat(table: pa.Table, dim: int, path: Path) -> np.ndarray:
     return values.reshape(-1, dim) if dim else values.reshape(len(column), 0)
 
 
-def read_part(folder: str | os.PathLike, verify: bool = True) -> PartShard:
-    """Read one part folder; with verify, check every file against part.json.
+def read_part(ref: PartRef, verify: bool = True) -> PartShard:
+    """Read one part; with verify, check every table file against the part's info file.
 
     The checksums are computed in a second thread while the tables are decoded (both
     release the GIL); nothing is returned unless they match.
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    folder = Path(folder)
-    info = read_part_info(folder)
+    info = read_part_info(ref)
     with ThreadPoolExecutor(max_workers=1) as pool:
-        checked = pool.submit(verify_part, folder, info) if verify else None
+        checked = pool.submit(verify_part, ref, info) if verify else None
         try:
-            nodes, edges, halo = _read_tables(folder, info)
+            nodes, edges, halo = _read_tables(ref, info)
         except ShardError:
             if checked is not None:
                 checked.result()  # a checksum mismatch is the better explanation
@@ -516,12 +554,12 @@ def read_part(folder: str | os.PathLike, verify: bool = True) -> PartShard:
             checked.result()
     lo, hi = info.node_range
     if nodes.id.shape[0] != hi - lo:
-        raise ShardError(f"{folder / NODES}: {nodes.id.shape[0]} rows, part.json says {hi - lo}")
-    return PartShard(folder=folder, info=info, nodes=nodes, edges=edges, halo=halo)
+        raise ShardError(f"{ref.table_path(NODES)}: {nodes.id.shape[0]} rows, {ref.info_path} says {hi - lo}")
+    return PartShard(ref=ref, info=info, nodes=nodes, edges=edges, halo=halo)
 
 
-def _read_tables(folder: Path, info: PartInfo) -> tuple[PartNodes, PartEdges, PartHalo]:
-    nodes_path, edges_path, halo_path = (folder / n for n in PART_FILES)
+def _read_tables(ref: PartRef, info: PartInfo) -> tuple[PartNodes, PartEdges, PartHalo]:
+    nodes_path, edges_path, halo_path = (ref.table_path(t) for t in PART_TABLES)
     nt = _read_table(nodes_path)
     schema = info.schema
     nodes = PartNodes(
@@ -535,12 +573,12 @@ def _read_tables(folder: Path, info: PartInfo) -> tuple[PartNodes, PartEdges, Pa
     et = _read_table(edges_path)
     edges = PartEdges(
         src=_np(et, "src", edges_path), dst=_np(et, "dst", edges_path),
-        eid=_np(et, "eid", edges_path), inner=_np(et, "inner", edges_path),
+        eid=_np(et, "eid", edges_path), in_part=_np(et, "in_part", edges_path),
     )
     ht = _read_table(halo_path)
     halo = PartHalo(
         id=_np(ht, "id", halo_path), orig_id=_np(ht, "orig_id", halo_path),
-        part=_np(ht, "part", halo_path),
+        owner=_np(ht, "owner", halo_path),
     )
     return nodes, edges, halo
 

@@ -324,15 +324,16 @@ def write_parts(ctx: Context, graph: SpilledGraph, lay: StreamLayout, base: shar
     known: dict[str, str] = {}
     rows = [{"part": p} for p in range(k)]
     for p in range(k):
-        shards.part_dir(staged, p).mkdir()
+        shards.part_ref(staged, p).make_dirs()
     node_files = write_nodes(ctx, graph, lay, staged, rows)
     with ctx.progress.counter("write parts", k, "parts") as update:
         for p in range(k):
-            folder = shards.part_dir(staged, p)
-            edge_meta, halo_meta = write_edges_and_halo(ctx, lay, p, folder, rows[p])
+            ref = shards.part_ref(staged, p)
+            edge_meta, halo_meta = write_edges_and_halo(ctx, lay, p, ref, rows[p])
             files = {shards.NODES: node_files[p], shards.EDGES: edge_meta, shards.HALO: halo_meta}
-            shards.write_part_info(folder, replace(base, part_id=p, files=files))
-            known.update({f"{folder.name}/{name}": meta["sha256"] for name, meta in files.items()})
+            shards.write_part_info(ref, replace(base, part_id=p, files=files))
+            known.update({ref.table_path(table).relative_to(staged).as_posix(): meta["sha256"]
+                          for table, meta in files.items()})
             update(p + 1)
     known[shards.ASSIGNMENT] = write_assignment(lay, staged, ctx.plan.chunk_edges)
     shutil.rmtree(lay.folder, ignore_errors=True)
@@ -341,10 +342,11 @@ def write_parts(ctx: Context, graph: SpilledGraph, lay: StreamLayout, base: shar
 
 def write_nodes(ctx: Context, graph: SpilledGraph, lay: StreamLayout, staged: Path,
                 rows: list[dict]) -> list[dict]:
-    """Every part's nodes.parquet in one pass over the node rows (original id order,
+    """Every part's nodes table in one pass over the node rows (original id order,
     which is each part's new id order)."""
     schema = shards.nodes_schema(schema_of(graph))
-    writers = [shards.TableWriter(shards.part_dir(staged, p) / shards.NODES, schema) for p in range(lay.num_parts)]
+    writers = [shards.TableWriter(shards.part_ref(staged, p).table_path(shards.NODES), schema)
+               for p in range(lay.num_parts)]
     train = np.zeros(lay.num_parts, dtype=np.int64)
     try:
         batch_rows = graph.node_chunk_rows(ctx.plan.work_bytes)
@@ -377,14 +379,15 @@ def write_nodes(ctx: Context, graph: SpilledGraph, lay: StreamLayout, staged: Pa
     return metas
 
 
-def write_edges_and_halo(ctx: Context, lay: StreamLayout, p: int, folder: Path, row: dict) -> tuple[dict, dict]:
-    """edges.parquet (the part's own edges in id order, then its edges into other parts
-    in id order) and halo.parquet (the other parts' nodes those edges touch)."""
+def write_edges_and_halo(ctx: Context, lay: StreamLayout, p: int, ref: shards.PartRef,
+                         row: dict) -> tuple[dict, dict]:
+    """The part's edges table (its own edges in id order, then its edges into other parts
+    in id order) and halo table (the other parts' nodes those edges touch)."""
     lo, hi = lay.node_ranges[p]
     elo, ehi = lay.edge_ranges[p]
     foreign = np.zeros(lay.new_id.shape[0], dtype=np.bool_)
     chunk = ctx.plan.chunk_edges
-    writer = shards.TableWriter(folder / shards.EDGES, shards.EDGES_SCHEMA)
+    writer = shards.TableWriter(ref.table_path(shards.EDGES), shards.EDGES_SCHEMA)
     try:
         s_path, d_path = lay.inner(p)
         for (start, src), (_s, dst) in zip(_maybe_chunks(s_path, ehi - elo, chunk),
@@ -393,7 +396,7 @@ def write_edges_and_halo(ctx: Context, lay: StreamLayout, p: int, folder: Path, 
             foreign[src[outside]] = True
             writer.write(shards.edges_table(shards.PartEdges(
                 src=src, dst=dst, eid=np.arange(elo + start, elo + start + src.shape[0], dtype=np.int64),
-                inner=np.ones(src.shape[0], dtype=np.bool_))))
+                in_part=np.ones(src.shape[0], dtype=np.bool_))))
         out = 0
         for owner in range(lay.num_parts):
             s_path, d_path, e_path = lay.out(p, owner)
@@ -405,7 +408,7 @@ def write_edges_and_halo(ctx: Context, lay: StreamLayout, p: int, folder: Path, 
                                                       _maybe_chunks(e_path, total, chunk)):
                 foreign[dst] = True
                 writer.write(shards.edges_table(shards.PartEdges(
-                    src=src, dst=dst, eid=eid, inner=np.zeros(src.shape[0], dtype=np.bool_))))
+                    src=src, dst=dst, eid=eid, in_part=np.zeros(src.shape[0], dtype=np.bool_))))
             out += total
         edge_meta = writer.close()
     except BaseException:
@@ -414,8 +417,8 @@ def write_edges_and_halo(ctx: Context, lay: StreamLayout, p: int, folder: Path, 
     halo_id = np.flatnonzero(foreign)
     del foreign
     halo_orig = lay.node_order[halo_id]
-    halo = shards.PartHalo(id=halo_id, orig_id=halo_orig, part=lay.part[halo_orig].astype(np.int64))
-    halo_writer = shards.TableWriter(folder / shards.HALO, shards.HALO_SCHEMA)
+    halo = shards.PartHalo(id=halo_id, orig_id=halo_orig, owner=lay.part[halo_orig].astype(np.int64))
+    halo_writer = shards.TableWriter(ref.table_path(shards.HALO), shards.HALO_SCHEMA)
     halo_writer.write(shards.halo_table(halo))
     row.update(edges=ehi - elo, out_edges=out, halo_nodes=int(halo_id.shape[0]))
     return edge_meta, halo_writer.close()

@@ -76,7 +76,8 @@ def local_graph_arrays(shard: shards.PartShard) -> dict[str, np.ndarray]:
         inside = ids.size == 0 or (ids.min() >= 0 and ids.max() < to_local.shape[0])
         out = to_local[ids].astype(np.int64, copy=False) if inside else None
         if out is None or (out.size and out.min() < 0):
-            raise ShardError(f"{shard.folder / shards.EDGES}: an edge endpoint is neither inner nor in {shards.HALO}")
+            raise ShardError(f"{shard.ref.table_path(shards.EDGES)}: an edge endpoint is neither in the part nor "
+                             f"in {shard.ref.table_path(shards.HALO)}")
         return out
 
     return {
@@ -89,10 +90,10 @@ def local_graph_arrays(shard: shards.PartShard) -> dict[str, np.ndarray]:
         ]),
         "part_id": np.concatenate([
             np.full(n_inner, shard.info.part_id, dtype=np.int64),
-            np.asarray(shard.halo.part, dtype=np.int64),
+            np.asarray(shard.halo.owner, dtype=np.int64),
         ]),
         "eid": np.asarray(shard.edges.eid, dtype=np.int64),
-        "inner_edge": np.asarray(shard.edges.inner, dtype=np.uint8),
+        "inner_edge": np.asarray(shard.edges.in_part, dtype=np.uint8),
     }
 
 
@@ -107,7 +108,7 @@ def _local_id_map(shard: shards.PartShard, halo_ids: np.ndarray) -> np.ndarray:
     n_inner = hi - lo
     dtype = np.int32 if n_inner + halo_ids.shape[0] < np.iinfo(np.int32).max else np.int64
     if halo_ids.size and (halo_ids.min() < 0 or halo_ids.max() >= shard.info.num_nodes):
-        raise ShardError(f"{shard.folder / shards.HALO}: a halo id is not a node id of the graph")
+        raise ShardError(f"{shard.ref.table_path(shards.HALO)}: a halo id is not a node id of the graph")
     to_local = np.full(shard.info.num_nodes, -1, dtype=dtype)
     to_local[lo:hi] = np.arange(n_inner, dtype=dtype)
     to_local[halo_ids] = np.arange(n_inner, n_inner + halo_ids.shape[0], dtype=dtype)
@@ -173,27 +174,27 @@ def _write_json_atomic(path: Path, data: dict) -> None:
     atomic_write_text(path, json.dumps(data, indent=4) + "\n")
 
 
-def materialize_part(part_folder: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
-    """From one shard folder alone, write the DGL 2.1 partition files of that part into
-    out_dir (several parts may share one out_dir). Returns the partition config path."""
-    shard = shards.read_part(part_folder, verify=True)
+def materialize_part(ref: shards.PartRef, out_dir: str | os.PathLike) -> Path:
+    """From one part's shard files alone, write the DGL 2.1 partition files of that part
+    into out_dir (several parts may share one out_dir). Returns the partition config path."""
+    shard = shards.read_part(ref, verify=True)
     return write_dgl_part(shard, Path(out_dir))
 
 
 # ---------------------------------------------------------------- cache
 
 
-def _stamp(part_folder: Path) -> dict:
-    """What identifies a shard's content: part.json's checksums, plus size and mtime of
-    each file so that a file changed behind part.json's back also misses the cache."""
-    info = shards.read_part_info(part_folder)
+def _stamp(ref: shards.PartRef) -> dict:
+    """What identifies a shard's content: the info file's checksums, plus size and mtime
+    of each file so that a file changed behind the info file's back also misses the cache."""
+    info = shards.read_part_info(ref)
     stat = {}
-    for name in (shards.PART_INFO, *shards.PART_FILES):
+    for path in ref.files():
         try:
-            st = (part_folder / name).stat()
+            st = path.stat()
         except FileNotFoundError:
-            raise ShardError(f"{part_folder / name}: missing shard file") from None
-        stat[name] = [st.st_size, st.st_mtime_ns]
+            raise ShardError(f"{path}: missing shard file") from None
+        stat[path.relative_to(ref.root).as_posix()] = [st.st_size, st.st_mtime_ns]
     return {
         "format_version": shards.FORMAT_VERSION,
         "graph_name": info.graph_name,
@@ -203,16 +204,15 @@ def _stamp(part_folder: Path) -> dict:
     }
 
 
-def cache_dir_for(part_folder: Path, cache_root: Path) -> Path:
-    info = shards.read_part_info(part_folder)
+def cache_dir_for(ref: shards.PartRef, cache_root: Path) -> Path:
+    info = shards.read_part_info(ref)
     return Path(cache_root) / f"{info.graph_name}-part{info.part_id}-of-{info.num_parts}"
 
 
-def cached_materialize(part_folder: str | os.PathLike, cache_root: str | os.PathLike) -> Path:
+def cached_materialize(ref: shards.PartRef, cache_root: str | os.PathLike) -> Path:
     """materialize_part into a folder under cache_root, reused while the shard is unchanged."""
-    part_folder = Path(part_folder)
-    target = cache_dir_for(part_folder, Path(cache_root))
-    stamp = _stamp(part_folder)
+    target = cache_dir_for(ref, Path(cache_root))
+    stamp = _stamp(ref)
     config = config_path(target, stamp["graph_name"])
     try:
         if json.loads((target / STAMP).read_text()) == stamp and config.is_file():
@@ -223,7 +223,7 @@ def cached_materialize(part_folder: str | os.PathLike, cache_root: str | os.Path
     staged = target.with_name(f".{target.name}.partial-{os.getpid()}")
     shutil.rmtree(staged, ignore_errors=True)
     try:
-        materialize_part(part_folder, staged)
+        materialize_part(ref, staged)
         (staged / STAMP).write_text(json.dumps(stamp, indent=2) + "\n")
         old = target.with_name(f".{target.name}.old-{os.getpid()}")
         if target.exists():

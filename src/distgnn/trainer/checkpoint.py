@@ -114,6 +114,13 @@ def intact_checkpoint(ckpt_dir: str | os.PathLike[str]) -> tuple[Path | None, li
     return None, notes
 
 
+def shared_files(ckpt_dir: str | os.PathLike[str]) -> list[Path]:
+    """The files another machine needs to resume from this folder: the newest intact
+    checkpoint and its digest (none when there is no intact one)."""
+    path, _damaged = intact_checkpoint(ckpt_dir)
+    return [] if path is None else [path, _digest_path(path)]
+
+
 def latest_checkpoint(ckpt_dir: str | os.PathLike[str]) -> Path | None:
     """The checkpoint `latest` names; the newest epoch file if that pointer is gone; None if there is none."""
     folder = Path(ckpt_dir)

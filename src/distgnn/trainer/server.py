@@ -87,7 +87,7 @@ def prepare_part(cfg: ServerConfig) -> tuple[Path, str]:
     hosts, manifest = hosts_and_manifest(cfg.ip_config, cfg.shards)
     if cfg.part >= manifest.num_parts:
         raise InputError(f"--part {cfg.part}: {cfg.shards} has only {manifest.num_parts} parts")
-    return cached_materialize(shards.part_dir(cfg.shards, cfg.part), cfg.cache_dir), hosts[cfg.part].address
+    return cached_materialize(shards.part_ref(cfg.shards, cfg.part), cfg.cache_dir), hosts[cfg.part].address
 
 
 def _partition_size(part_config: Path, part: int) -> dict:
