@@ -142,6 +142,8 @@ def test_resume_reads_the_job_s_own_config_and_refuses_what_it_cannot_continue(t
 
     hosts = write(tmp_path, "127.0.0.1 30050\n", "ip.txt")
     ws = tmp_path / "ws"
+    code, _out, err = launch_main(["--resume"], capsys)
+    assert code == 2 and err.strip() == "launch: error: argument --resume: expected one argument"
     code, _out, err = launch_main(["--resume", "nope", "--workspace", str(ws)], capsys)
     assert code == 2 and err.strip() == f"launch: error: --resume nope: no run folder {ws}/runs/nope (see --workspace)"
     run = ws / "runs" / "job1"

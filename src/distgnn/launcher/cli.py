@@ -185,7 +185,7 @@ def _options_part(argv: list[str]) -> list[str]:
 
 
 def resume_job(argv: list[str]) -> str | None:
-    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre = Parser(prog=PROG, add_help=False, allow_abbrev=False)  # usage errors: one line, exit 2
     pre.add_argument("--resume")
     known, _ = pre.parse_known_args(_options_part(argv))
     return known.resume
@@ -196,7 +196,7 @@ def resume_config(argv: list[str], job: str) -> tuple[Path, list[str]]:
     from distgnn import configfile
     from distgnn.launcher import rundir
 
-    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre = Parser(prog=PROG, add_help=False, allow_abbrev=False)  # usage errors: one line, exit 2
     pre.add_argument("--workspace", type=Path, default=Path.cwd())
     known, _ = pre.parse_known_args(_options_part(argv))
     run = rundir.run_dir(known.workspace.absolute(), job)
