@@ -65,6 +65,13 @@ def launch(hosts: Path, shards: Path, workspace: Path, *extra: str, train: list[
     ]  # fmt: skip
 
 
+def launch_ok(hosts: Path, shards: Path, workspace: Path, *extra: str, train: list[str]):
+    """Run `launch` to the end and require success; its CompletedProcess."""
+    done, _ = run_launch(launch(hosts, shards, workspace, *extra, train=train), CLUSTER_TIMEOUT_S)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return done
+
+
 def summaries(run: Path) -> list[runlog.SummaryRecord]:
     logs = runlog.read_run(run)
     assert all(log.summary is not None for log in logs), [str(log.path) for log in logs]
@@ -652,9 +659,7 @@ def test_built_in_and_custom_models_train_and_predict_through_launch(tmp_path, p
     path = f"{REPO / 'examples' / 'custom_model'}:{TESTS}"
     train = [*PUBMED_TRAIN[:-4], "--epochs", "25", "--eval-every", "5", *model,
              "--predict-out", str(tmp_path / "pred"), "--checkpoint-dir", str(tmp_path / "ck")]
-    done, _ = run_launch(launch(hosts, pubmed1, tmp_path / "ws", "--env", f"PYTHONPATH={path}", train=train),
-                         CLUSTER_TIMEOUT_S)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    launch_ok(hosts, pubmed1, tmp_path / "ws", "--env", f"PYTHONPATH={path}", train=train)
     (summary,) = summaries(only_run(tmp_path / "ws"))
     assert summary.test_acc >= 0.5, summary  # chance: 0.41
     check_predictions(tmp_path / "pred", 19717)
@@ -677,9 +682,7 @@ def test_link_prediction_trains_resumes_and_writes_embeddings(tmp_path, pubmed_l
     ck = str(tmp_path / "ck")
     train = ["--task", "link-prediction", "--scorer", "mlp", "--negatives", "2", "--fanouts", "5,5",
              "--batch-size", "2000", "--hidden", "64", "--lr", "0.005", "--epochs", "3", "--checkpoint-dir", ck]
-    done, _ = run_launch(launch(hosts, pubmed_links, tmp_path / "a", "--trainers-per-host", "2", train=train),
-                         CLUSTER_TIMEOUT_S)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    launch_ok(hosts, pubmed_links, tmp_path / "a", "--trainers-per-host", "2", train=train)
     sums = summaries(only_run(tmp_path / "a"))
     assert len({s.param_digest for s in sums}) == 1, "DDP must leave the encoder and scorer equal on every rank"
     best = sums[0]
@@ -688,9 +691,7 @@ def test_link_prediction_trains_resumes_and_writes_embeddings(tmp_path, pubmed_l
     assert best.scores["test"]["auc"] >= 0.8, best.scores  # chance: 0.5
     assert best.test_acc == best.scores["test"]["mrr"]
     more = [a if a != "3" else "4" for a in train] + ["--resume", "--predict-out", str(tmp_path / "emb")]
-    done, _ = run_launch(launch(hosts, pubmed_links, tmp_path / "b", "--trainers-per-host", "2", train=more),
-                         CLUSTER_TIMEOUT_S)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    done = launch_ok(hosts, pubmed_links, tmp_path / "b", "--trainers-per-host", "2", train=more)
     assert "resumed from epoch 2" in done.stdout
     (log, *_) = runlog.read_run(only_run(tmp_path / "b"))
     assert [e.epoch for e in log.epochs] == [3] and log.epochs[0].metric == "mrr"
@@ -727,9 +728,7 @@ def test_node_regression_trains_and_predicts_values(tmp_path):
     train = ["--task", "node-regression", "--fanouts", "5,5", "--batch-size", "512", "--hidden", "64",
              "--lr", "0.01", "--epochs", "4", "--eval-every", "2", "--dropout", "0", "--weight-decay", "0",
              "--predict-out", str(tmp_path / "pred")]
-    done, _ = run_launch(launch(hosts, shards, tmp_path / "ws", "--trainers-per-host", "2", train=train),
-                         CLUSTER_TIMEOUT_S)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    done = launch_ok(hosts, shards, tmp_path / "ws", "--trainers-per-host", "2", train=train)
     sums = summaries(only_run(tmp_path / "ws"))
     assert len({s.param_digest for s in sums}) == 1
     best = sums[0]
@@ -766,18 +765,14 @@ def test_learned_node_embeddings_train_link_prediction_on_a_featureless_graph(tm
     train = ["--task", "link-prediction", "--node-embedding", "32", "--fanouts", "10,10", "--batch-size", "1000",
              "--hidden", "64", "--epochs", "6", "--eval-every", "2", "--sparse-lr", "0.05", "--lr", "0.01",
              "--dropout", "0", "--weight-decay", "0", "--checkpoint-dir", str(ck)]
-    done, _ = run_launch(launch(hosts, out, tmp_path / "a", "--trainers-per-host", "2", train=train),
-                         CLUSTER_TIMEOUT_S)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    launch_ok(hosts, out, tmp_path / "a", "--trainers-per-host", "2", train=train)
     sums = summaries(only_run(tmp_path / "a"))
     assert len({s.param_digest for s in sums}) == 1
     assert sums[0].scores["test"]["auc"] >= 0.7, sums[0].scores  # chance: 0.5
     saved = torch.load(ck / "epoch-00005.pt", weights_only=True)["node_embedding"]
     assert saved.shape == (5000, 32) and saved.abs().max() > 0.2, "rows moved from their +-0.1 start"
     more = [a if a != "6" else "7" for a in train] + ["--resume", "--predict-out", str(tmp_path / "emb")]
-    done, _ = run_launch(launch(hosts, out, tmp_path / "b", "--trainers-per-host", "2", train=more),
-                         CLUSTER_TIMEOUT_S)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    done = launch_ok(hosts, out, tmp_path / "b", "--trainers-per-host", "2", train=more)
     assert "resumed from epoch 5" in done.stdout
     (log, *_) = runlog.read_run(only_run(tmp_path / "b"))
     # the restored rows, not fresh ones: the resumed epoch starts where the first run ended

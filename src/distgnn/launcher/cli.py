@@ -103,7 +103,7 @@ def gpu_count(text: str) -> int | str:
 def split_train_command(argv: list[str], *, train_in_file: bool = False) -> tuple[list[str], list[str]]:
     """Launch options before `--`; after it the train command, whose arguments are kept as
     given. The command may be left out when the --config file has a `train:` section."""
-    before = argv[:argv.index("--")] if "--" in argv else argv
+    before = _options_part(argv)
     if "-h" in before or "--help" in before:
         build_parser().parse_args(["--help"])  # prints the help and exits 0
     if "--" not in argv and train_in_file:
@@ -161,11 +161,11 @@ def read_config_file(argv: list[str]) -> tuple[list[str], list[str]]:
     from distgnn.trainer.config import build_parser as train_parser
 
     path, argv = configfile.take_config_flag(argv)
-    job = resume_job(argv)
+    job, workspace = resume_options(argv)
     if job is not None:
         if path is not None:
             raise InputError("--resume and --config: give one (a resume runs with the job's own config.yaml)")
-        path, argv = resume_config(argv, job)
+        path, argv = resume_config(argv, job, workspace)
     data = configfile.load(path) if path is not None else {}
     source = f"{configfile.FLAG} {path}"
     train_section = data.pop(configfile.TRAIN_SECTION, None)
@@ -184,22 +184,22 @@ def _options_part(argv: list[str]) -> list[str]:
     return argv[:argv.index("--")] if "--" in argv else argv
 
 
-def resume_job(argv: list[str]) -> str | None:
+def resume_options(argv: list[str]) -> tuple[str | None, Path]:
+    """--resume and --workspace, read before the rest: a resume takes its options from the
+    job's run folder, which these two name."""
     pre = Parser(prog=PROG, add_help=False, allow_abbrev=False)  # usage errors: one line, exit 2
     pre.add_argument("--resume")
+    pre.add_argument("--workspace", type=Path, default=Path.cwd())
     known, _ = pre.parse_known_args(_options_part(argv))
-    return known.resume
+    return known.resume, known.workspace
 
 
-def resume_config(argv: list[str], job: str) -> tuple[Path, list[str]]:
+def resume_config(argv: list[str], job: str, workspace: Path) -> tuple[Path, list[str]]:
     """The run folder's config.yaml as the --config of a resume, and argv with the job's id."""
     from distgnn import configfile
     from distgnn.launcher import rundir
 
-    pre = Parser(prog=PROG, add_help=False, allow_abbrev=False)  # usage errors: one line, exit 2
-    pre.add_argument("--workspace", type=Path, default=Path.cwd())
-    known, _ = pre.parse_known_args(_options_part(argv))
-    run = rundir.run_dir(known.workspace.absolute(), job)
+    run = rundir.run_dir(workspace.absolute(), job)
     path = run / configfile.RESOLVED_NAME
     if not run.is_dir():
         raise InputError(f"--resume {job}: no run folder {run} (see --workspace)")
